@@ -1,0 +1,27 @@
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test lint check run clean
+
+$(BIN)/cancel-worker: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,lint]'
+	touch $@
+
+install: $(BIN)/cancel-worker
+
+lint: install
+	$(BIN)/ruff check worker tests
+	$(BIN)/ruff format --check worker tests
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/pytest
+
+run: install
+	$(BIN)/cancel-worker run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

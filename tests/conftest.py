@@ -1,0 +1,168 @@
+"""Session-wide fixtures: a real Redis, the sandbox exchange over HTTP, real Celery workers.
+
+The service reads its configuration from the environment once, at import, exactly as in
+production; so this module picks the ports and keys and sets the environment before any
+test imports `worker.celery_app`. Limits are scaled (10/2s, 20/2s) so tests stay short.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.redis_server import free_port, redis_server
+from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
+
+WORKER_START_TIMEOUT_S = 30.0
+ROOT = Path(__file__).resolve().parent.parent
+
+_GIVEN_REDIS_URL = os.environ.get("REDIS_URL")
+_REDIS_PORT = free_port()
+_SANDBOX_PORT = free_port()
+API_KEY, SECRET_KEY = generate_keypair()
+
+#: The environment every worker and the test process share.
+SERVICE_ENV = {
+    "REDIS_URL": _GIVEN_REDIS_URL or f"redis://127.0.0.1:{_REDIS_PORT}/0",
+    "COINSWITCH_BASE_URL": f"http://127.0.0.1:{_SANDBOX_PORT}",
+    "COINSWITCH_API_KEY": API_KEY,
+    "COINSWITCH_SECRET_KEY": SECRET_KEY,
+    "COINSWITCH_CANCEL_RATE_LIMIT": "10/2s",
+    "COINSWITCH_STATUS_RATE_LIMIT": "20/2s",
+    "CANCEL_WORKER_READ_TIMEOUT_S": "1",
+    "CANCEL_WORKER_POLL_INITIAL_DELAY_S": "0.1",
+    "CANCEL_WORKER_POLL_MAX_DELAY_S": "0.5",
+    "CANCEL_WORKER_POLL_MAX_ATTEMPTS": "10",
+    "CANCEL_WORKER_RECHECK_INTERVAL_S": "1",
+    "CANCEL_WORKER_SWEEP_INTERVAL_S": "0.5",
+    "CANCEL_WORKER_VISIBILITY_TIMEOUT_S": "10",
+    "CANCEL_WORKER_LOG_FORMAT": "json",
+}
+os.environ.update(SERVICE_ENV)
+
+SANDBOX_CONFIG = SandboxConfig(
+    port=_SANDBOX_PORT,
+    confirm_delay_ms=200,
+    timeout_ms=1500,
+    cancel_limit="10/2s",
+    status_limit="20/2s",
+)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis URL: REDIS_URL when set, else a redis-server this session starts and stops."""
+    if _GIVEN_REDIS_URL:
+        yield _GIVEN_REDIS_URL
+        return
+    with redis_server(port=_REDIS_PORT) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on db 15, emptied for each test, so unit tests never see each other's keys."""
+    client = redis.Redis.from_url(redis_url, db=15, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[SandboxHandle]:
+    """The simulated exchange over real HTTP, for the whole session."""
+    with run_sandbox(SANDBOX_CONFIG, api_keys=[API_KEY]) as handle:
+        yield handle
+
+
+@pytest.fixture
+def exchange(sandbox: SandboxHandle) -> Iterator[SandboxHandle]:
+    """The sandbox with no faults queued and default knobs, before and after a test."""
+    sandbox.admin.configure(
+        fill_race_rate=0.0, error_rate=0.0, timeout_rate=0.0, malformed_rate=0.0
+    )
+    yield sandbox
+
+
+def start_worker(
+    name: str,
+    log_dir: Path,
+    *,
+    queues: str = "cancels,polls",
+    beat: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start one real Celery worker process (threads pool) with the service environment."""
+    args = [
+        sys.executable, "-m", "celery", "-A", "worker", "worker",
+        "-Q", queues, "-P", "threads", "-c", "4", "-n", f"{name}@%h",
+        "--without-gossip", "--without-mingle", "-l", "INFO",
+    ]  # fmt: skip
+    if beat:
+        args += ["-B", "-s", str(log_dir / f"{name}-beat-schedule")]
+    env = {**os.environ, **SERVICE_ENV, **(extra_env or {})}
+    log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_worker_ready(name: str, proc: subprocess.Popen[bytes]) -> None:
+    """Block until the worker answers a ping (it is consuming), or fail."""
+    from worker.celery_app import app
+
+    hostname = f"{name}@{os.uname().nodename}"
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    while not app.control.ping(destination=[hostname], timeout=0.5):
+        if proc.poll() is not None:
+            pytest.fail(f"worker {name} exited with {proc.returncode} at start-up")
+        if time.monotonic() > deadline:
+            pytest.fail(f"worker {name} did not answer a ping in {WORKER_START_TIMEOUT_S}s")
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a worker (warm shutdown, then kill) and wait for it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Iterator[Path]:
+    """Where worker processes write their logs (printed on failure by the tests that care)."""
+    with tempfile.TemporaryDirectory(prefix="cw-logs-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="session")
+def workers(redis_url: str, sandbox: SandboxHandle, log_dir: Path) -> Iterator[Path]:
+    """One real Celery worker (with the sweeper's beat) for the session; yields its log path."""
+    proc = start_worker("test1", log_dir, beat=True)
+    try:
+        wait_worker_ready("test1", proc)
+        yield log_dir / "test1.log"
+    finally:
+        stop_worker(proc)

@@ -1,0 +1,114 @@
+"""The `cancel-worker` CLI as a user runs it: a real process against the running stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SERVICE_ENV
+from worker.sandbox import SandboxHandle
+
+pytestmark = pytest.mark.integration
+
+CLI_TIMEOUT_S = 60
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `cancel-worker ARGS` with the service environment; capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **SERVICE_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+
+
+def place(exchange: SandboxHandle) -> str:
+    order = exchange.admin.create_order(
+        symbol="BTCUSDT", side="SELL", order_type="LIMIT", quantity="0.01", price="99000"
+    )
+    return str(order["order_id"])
+
+
+def test_cancel_wait_shows_progress_and_final_state(workers: Path, exchange: SandboxHandle) -> None:
+    """`cancel ID --wait` prints each state as it happens and exits 0 on CANCELLED."""
+    order_id = place(exchange)
+    result = cli("cancel", order_id, "--wait", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{order_id}  QUEUED")
+    assert lines[-1].startswith(f"{order_id}  CANCELLED")
+
+
+def test_cancel_wait_exits_nonzero_on_failed(workers: Path, exchange: SandboxHandle) -> None:
+    """`--wait` exits 1 when an order ends FAILED."""
+    result = cli("cancel", str(uuid.uuid4()), "--wait", "--timeout", "30", "--json")
+    assert result.returncode == 1, result.stderr
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["state"] == "FAILED" and last["error"]["code"] == "order_not_found"
+
+
+def test_status_json_prints_the_contract_record(workers: Path, exchange: SandboxHandle) -> None:
+    """`status ID --json` prints one JSON record with every field of DESIGN.md §2."""
+    order_id = place(exchange)
+    assert cli("cancel", order_id, "--wait", "--timeout", "30").returncode == 0
+    result = cli("status", order_id, "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert set(record) >= {
+        "order_id", "exchange", "state", "attempts", "requested_at", "updated_at",
+        "final_at", "order", "error", "history",
+    }  # fmt: skip
+    assert record["state"] == "CANCELLED" and record["final_at"] >= record["requested_at"]
+    assert record["order"]["order_id"] == order_id
+
+
+def test_bad_input_is_refused_with_exit_2(redis_url: str) -> None:
+    """A bad id exits 2 with a message naming it, and nothing is enqueued."""
+    result = cli("cancel", str(uuid.uuid4()), "definitely-not-an-id")
+    assert result.returncode == 2
+    assert "'definitely-not-an-id'" in result.stderr and "nothing was enqueued" in result.stderr
+
+
+def test_unreachable_redis_is_a_clear_error() -> None:
+    """With Redis down, `cancel` exits 4 and says Redis is unavailable."""
+    from tests.redis_server import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    result = cli("cancel", str(uuid.uuid4()), env={"REDIS_URL": dead})
+    assert result.returncode == 4
+    assert "Redis unavailable" in result.stderr and "nothing enqueued" in result.stderr
+
+
+def test_bad_configuration_names_the_variable() -> None:
+    """A malformed rate variable stops the command with a message naming it."""
+    result = cli("status", str(uuid.uuid4()), env={"COINSWITCH_CANCEL_RATE_LIMIT": "lots"})
+    assert result.returncode == 4
+    assert "COINSWITCH_CANCEL_RATE_LIMIT" in result.stderr
+
+
+def test_limits_shows_buckets_and_queues(workers: Path) -> None:
+    """`limits --json` reports each bucket's budget and each queue's backlog."""
+    result = cli("limits", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    buckets = {row["bucket"]: row for row in rows if "bucket" in row}
+    assert buckets["cancel"]["limit"] == 10 and buckets["cancel"]["period_s"] == 2
+    assert buckets["status"]["limit"] == 20
+    assert {row["queue"] for row in rows if "queue" in row} == {"cancels", "polls"}
+
+
+@pytest.mark.parametrize("command", ["cancel", "status", "limits", "sandbox"])
+def test_every_command_has_help(command: str) -> None:
+    """Each sub-command explains itself with --help and exits 0."""
+    result = cli(command, "--help")
+    assert result.returncode == 0
+    assert "usage: cancel-worker" in result.stdout

@@ -1,0 +1,153 @@
+"""The fleet-wide limit with several worker processes: exact, full, and safe when one dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import start_worker, stop_worker, wait_for, wait_worker_ready
+from worker.celery_app import app
+from worker.keys import CANCEL_QUEUE
+from worker.models import OrderState
+from worker.producer import get_records, request_cancels
+from worker.sandbox import SandboxHandle
+
+pytestmark = pytest.mark.integration
+
+CANCEL_LIMIT, CANCEL_PERIOD_MS = 10, 2000  # the scaled limit of tests/conftest.py
+STATUS_LIMIT, STATUS_PERIOD_MS = 20, 2000
+FLEET_SIZE = 3
+VISIBILITY_TIMEOUT_S = 10  # CANCEL_WORKER_VISIBILITY_TIMEOUT_S in tests/conftest.py
+
+
+def strict_window_max(arrivals_ms: list[int], period_ms: int) -> int:
+    """The most arrivals in any window [t, t + period) - how a strict exchange counts."""
+    times = sorted(arrivals_ms)
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= period_ms:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_strict_window_max_counts_like_the_exchange() -> None:
+    """The helper counts a half-open window: sends exactly one period apart do not share it."""
+    assert strict_window_max([0, 1999, 2000], 2000) == 2
+    assert strict_window_max([0, 0, 0, 2000], 2000) == 3
+    assert strict_window_max([], 2000) == 0
+
+
+@pytest.fixture
+def fleet(workers: Path, exchange: SandboxHandle, log_dir: Path) -> Iterator[list[Any]]:
+    """Three cancel-only worker processes; the session worker keeps only the poll queue."""
+    session_worker = f"test1@{os.uname().nodename}"
+    app.control.cancel_consumer(CANCEL_QUEUE, destination=[session_worker], reply=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(FLEET_SIZE):
+            procs.append(start_worker(f"fleet{i}", log_dir, queues=CANCEL_QUEUE))
+        for i, proc in enumerate(procs):
+            wait_worker_ready(f"fleet{i}", proc)
+        yield procs
+    finally:
+        for proc in procs:
+            stop_worker(proc)
+        app.control.add_consumer(CANCEL_QUEUE, destination=[session_worker], reply=True)
+
+
+def place_many(exchange: SandboxHandle, count: int) -> list[str]:
+    return [
+        str(
+            exchange.admin.create_order(
+                symbol="DOGEUSDT", side="BUY", order_type="LIMIT", quantity="10", price="0.1"
+            )["order_id"]
+        )
+        for _ in range(count)
+    ]
+
+
+def wait_all_final(order_ids: list[str], timeout_s: float) -> None:
+    def all_final() -> bool:
+        return all(r is not None and r.is_final for r in get_records(order_ids))
+
+    wait_for(all_final, timeout_s, f"{len(order_ids)} final records")
+
+
+def arrivals(exchange: SandboxHandle, endpoint: str, since_ms: int) -> list[int]:
+    stats = exchange.admin.stats()["endpoints"][endpoint]
+    return [at for at in stats["arrivals_ms"] if at >= since_ms]
+
+
+def test_fleet_drains_backlog_exactly_and_fully(fleet: list[Any], exchange: SandboxHandle) -> None:
+    """Three processes drain 60 cancels: no 429, no window over the limit, ≥ 95 % of budget."""
+    order_ids = place_many(exchange, 60)
+    before = exchange.admin.stats()["endpoints"]["cancel"]["rate_limited"]
+    started_ms = int(time.time() * 1000)
+    request_cancels(order_ids)
+    wait_all_final(order_ids, 60)
+
+    records = get_records(order_ids)
+    assert all(r is not None and r.state is OrderState.CANCELLED for r in records)
+    assert all(exchange.admin.order(i)["cancel_requests"] == 1 for i in order_ids)
+    assert exchange.admin.stats()["endpoints"]["cancel"]["rate_limited"] == before
+
+    sent = sorted(arrivals(exchange, "cancel", started_ms))
+    assert len(sent) == 60
+    assert strict_window_max(sent, CANCEL_PERIOD_MS) <= CANCEL_LIMIT
+    # A perfect limiter sends LIMIT at once, then LIMIT more every period: after the first
+    # burst, (sends - LIMIT) / span is exactly the allowed rate.
+    achieved_per_ms = (len(sent) - CANCEL_LIMIT) / (sent[-1] - sent[0])
+    utilisation = achieved_per_ms / (CANCEL_LIMIT / CANCEL_PERIOD_MS)
+    assert utilisation >= 0.95, f"utilisation {utilisation:.3f}"
+
+
+def test_killed_worker_loses_no_cancel(fleet: list[Any], exchange: SandboxHandle) -> None:
+    """SIGKILL a worker holding cancels: every order still ends final with one DELETE."""
+    order_ids = place_many(exchange, 40)
+    request_cancels(order_ids)
+    victim = f"fleet0@{os.uname().nodename}"
+
+    def held_by_victim() -> list[str]:
+        active = app.control.inspect([victim], timeout=0.5).active() or {}
+        return [task["args"][0] for task in active.get(victim, [])]
+
+    held = wait_for(held_by_victim, 20, "the victim to hold cancels")
+    fleet[0].send_signal(signal.SIGKILL)
+    fleet[0].wait(timeout=10)
+    killed_at = time.monotonic()
+    wait_all_final(held, VISIBILITY_TIMEOUT_S + 20)
+    recovered_s = time.monotonic() - killed_at
+    wait_all_final(order_ids, 60)
+
+    records = get_records(order_ids)
+    assert all(r is not None and r.state is OrderState.CANCELLED for r in records)
+    for order_id in order_ids:
+        facts = exchange.admin.order(order_id)
+        assert facts["cancel_accepted"] == 1 and facts["cancel_requests"] == 1, order_id
+    assert recovered_s < VISIBILITY_TIMEOUT_S + 20
+
+
+def test_polls_share_the_status_budget_without_429(workers: Path, exchange: SandboxHandle) -> None:
+    """30 orders awaiting confirmation are polled within 20/2s: no 429, all confirmed."""
+    exchange.admin.configure(confirm_delay_ms=1500)
+    try:
+        order_ids = place_many(exchange, 30)
+        before = exchange.admin.stats()["endpoints"]["status"]["rate_limited"]
+        started_ms = int(time.time() * 1000)
+        request_cancels(order_ids)
+        wait_all_final(order_ids, 60)
+    finally:
+        exchange.admin.configure(confirm_delay_ms=200)
+    records = get_records(order_ids)
+    assert all(r is not None and r.state is OrderState.CANCELLED for r in records)
+    assert exchange.admin.stats()["endpoints"]["status"]["rate_limited"] == before
+    polls = arrivals(exchange, "status", started_ms)
+    assert strict_window_max(polls, STATUS_PERIOD_MS) <= STATUS_LIMIT

@@ -1,0 +1,97 @@
+"""The Celery app and its configuration (DESIGN.md §5: JSON only, late acks, short holds).
+
+Task names and queues are part of the public contract: non-Python producers `send_task`
+them by name with plain JSON arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging
+
+from worker.errors import ConfigError
+from worker.keys import (
+    CANCEL_QUEUE,
+    KOMBU_UNACKED,
+    KOMBU_UNACKED_INDEX,
+    KOMBU_UNACKED_MUTEX,
+    POLL_QUEUE,
+)
+from worker.log import configure_logging
+from worker.services import CANCEL, STATUS
+from worker.settings import Rate, Settings, parse_rate
+
+CANCEL_TASK = "cancel_worker.cancel_order"
+POLL_TASK = "cancel_worker.poll_order_status"
+SWEEP_TASK = "cancel_worker.sweep"
+
+UNACKED_RESTORE_INTERVAL_S = 2  # how often a worker scans for messages of dead workers
+UNACKED_MUTEX_EXPIRE_S = 15  # a worker killed during that scan blocks restores this long
+
+
+def make_app(settings: Settings) -> Celery:
+    """Build the Celery app for these settings (the module-level `app` uses the environment)."""
+    app = Celery("cancel_worker", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=POLL_QUEUE,
+        task_routes={
+            CANCEL_TASK: {"queue": CANCEL_QUEUE},
+            POLL_TASK: {"queue": POLL_QUEUE},
+            SWEEP_TASK: {"queue": POLL_QUEUE},
+        },
+        # The fleet-wide budgets, declared here and enforced in Redis by worker.ratelimit.
+        # Not Celery's own `rate_limit` (a bucket per worker node): these are enforced in
+        # Redis for the whole fleet by worker.ratelimit; see fleet_rates().
+        task_annotations={
+            CANCEL_TASK: {"fleet_bucket": CANCEL, "fleet_rate_limit": str(settings.cancel_rate)},
+            POLL_TASK: {"fleet_bucket": STATUS, "fleet_rate_limit": str(settings.status_rate)},
+        },
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
+            "unacked_key": KOMBU_UNACKED,
+            "unacked_index_key": KOMBU_UNACKED_INDEX,
+            "unacked_mutex_key": KOMBU_UNACKED_MUTEX,
+        },
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s},
+        },
+    )
+    return app
+
+
+def fleet_rates(app: Celery) -> dict[str, Rate]:
+    """The fleet-wide budgets declared in the app's task annotations, by limiter bucket."""
+    rates: dict[str, Rate] = {}
+    for annotation in (app.conf.task_annotations or {}).values():
+        if isinstance(annotation, dict) and "fleet_bucket" in annotation:
+            try:
+                rates[annotation["fleet_bucket"]] = parse_rate(annotation["fleet_rate_limit"])
+            except (KeyError, ValueError) as exc:
+                raise ConfigError("task_annotations", f"bad fleet_rate_limit: {exc}") from None
+    return rates
+
+
+@setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    """Let Celery's own log lines use our structlog renderer instead of Celery's format."""
+    configure_logging()
+
+
+settings = Settings.from_env()
+app = make_app(settings)

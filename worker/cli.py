@@ -1,0 +1,183 @@
+"""The `cancel-worker` command line: cancel, status, limits, sandbox.
+
+Exit codes: 0 every order ended well (or, without --wait, was enqueued); 1 an order ended
+FAILED; 2 bad input (nothing enqueued); 3 --wait timed out; 4 Redis or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from worker.errors import BrokerUnavailable, ConfigError, InvalidRequest
+from worker.models import DEFAULT_EXCHANGE, CancelRecord, OrderState
+from worker.sandbox import cli as sandbox_cli
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_TIMEOUT = 3
+EXIT_UNAVAILABLE = 4
+
+DEFAULT_WAIT_TIMEOUT_S = 120.0
+WAIT_POLL_INTERVAL_S = 0.1  # how often --wait re-reads the records (one MGET each time)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one sub-command per job."""
+    parser = argparse.ArgumentParser(
+        prog="cancel-worker",
+        description="Cancel CoinSwitch PRO futures orders reliably, under the exchange's limits.",
+        epilog="Configuration comes from the environment (REDIS_URL, COINSWITCH_*); see README.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cancel = commands.add_parser(
+        "cancel",
+        help="enqueue cancels for one or more orders",
+        description="Validate the order ids, record them QUEUED and enqueue their cancels. "
+        "A repeat request for an order in flight enqueues nothing and shows its record.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    cancel.add_argument("order_ids", nargs="+", metavar="ORDER_ID", help="exchange order id (UUID)")
+    cancel.add_argument("--exchange", default=DEFAULT_EXCHANGE, help="futures exchange, any case")
+    cancel.add_argument(
+        "--wait", action="store_true", help="show progress until every order is final"
+    )
+    cancel.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT_TIMEOUT_S,
+        metavar="S",
+        help="with --wait, give up after S seconds (exit 3)",
+    )
+    cancel.add_argument("--json", action="store_true", help="print one JSON record per line")
+    cancel.set_defaults(func=_cancel)
+
+    status = commands.add_parser(
+        "status",
+        help="print the records of one or more orders",
+        description="Print what is known about each order's cancellation.",
+    )
+    status.add_argument("order_ids", nargs="+", metavar="ORDER_ID", help="exchange order id (UUID)")
+    status.add_argument("--json", action="store_true", help="print one JSON record per line")
+    status.set_defaults(func=_status)
+
+    limits = commands.add_parser(
+        "limits",
+        help="show each rate-limit bucket's use and the queue backlog",
+        description="Show the fleet-wide budgets: use in the current window, slots booked "
+        "ahead, any 429 pause, and how many messages wait in each queue.",
+    )
+    limits.add_argument("--json", action="store_true", help="print one JSON object per line")
+    limits.set_defaults(func=_limits)
+
+    sandbox_cli.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except InvalidRequest as exc:
+        print(f"cancel-worker: error: {exc}; nothing was enqueued", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (BrokerUnavailable, ConfigError) as exc:
+        print(f"cancel-worker: error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return code
+
+
+def _record_line(record: CancelRecord) -> str:
+    line = f"{record.order_id}  {record.state.value}"
+    if record.error:
+        line += f"  error={record.error.get('code')}: {record.error.get('message')}"
+    if record.attempts:
+        line += f"  attempts={record.attempts}"
+    return line
+
+
+def _show(record: CancelRecord, as_json: bool, out: TextIO) -> None:
+    print(json.dumps(record.public()) if as_json else _record_line(record), file=out, flush=True)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from worker.producer import get_records, request_cancels
+
+    records = request_cancels(args.order_ids, args.exchange)
+    if not args.wait:
+        for record in records:
+            _show(record, args.json, sys.stdout)
+        return EXIT_OK
+    order_ids = [record.order_id for record in records]
+    seen: dict[str, OrderState] = {}
+    deadline = time.monotonic() + args.timeout
+    while True:
+        current = {r.order_id: r for r in get_records(order_ids) if r is not None}
+        for order_id, latest in current.items():
+            if seen.get(order_id) != latest.state:
+                seen[order_id] = latest.state
+                _show(latest, args.json, sys.stdout)
+        if all(r.is_final for r in current.values()) and len(current) == len(order_ids):
+            failed = any(r.state is OrderState.FAILED for r in current.values())
+            return EXIT_FAILED if failed else EXIT_OK
+        if time.monotonic() > deadline:
+            pending = [i for i in order_ids if i not in current or not current[i].is_final]
+            print(
+                f"cancel-worker: timed out after {args.timeout:g}s; not final yet: "
+                + ", ".join(pending),
+                file=sys.stderr,
+            )
+            return EXIT_TIMEOUT
+        time.sleep(WAIT_POLL_INTERVAL_S)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from worker.producer import get_records
+
+    code = EXIT_OK
+    for order_id, record in zip(args.order_ids, get_records(args.order_ids), strict=True):
+        if record is None:
+            print(f"{order_id}  no cancel requested (or its record expired)", file=sys.stderr)
+            code = EXIT_FAILED
+            continue
+        _show(record, args.json, sys.stdout)
+    return code
+
+
+def _limits(args: argparse.Namespace) -> int:
+    from worker.keys import CANCEL_QUEUE, POLL_QUEUE
+    from worker.services import CANCEL, CANCEL_ALL, STATUS
+    from worker.tasks import get_services
+
+    services = get_services()
+    rows: list[dict[str, Any]] = []
+    for endpoint in (CANCEL, STATUS, CANCEL_ALL):
+        usage = services.limiter.usage(endpoint)
+        rows.append({"bucket": endpoint, **usage.__dict__})
+    for queue in (CANCEL_QUEUE, POLL_QUEUE):
+        rows.append({"queue": queue, "waiting": int(services.redis.llen(queue))})
+    rows.append({"watched_by_sweeper": services.store.count_due()})
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        elif "bucket" in row:
+            print(
+                f"{row['bucket']:<11} {row['used_in_window']}/{row['limit']} per "
+                f"{row['period_s']:g}s  booked ahead {row['booked_ahead']}  "
+                f"paused {row['paused_ms']} ms  granted {row['granted']}  "
+                f"429s {row['rate_limited']}"
+            )
+        else:
+            print("  ".join(f"{k} {v}" for k, v in row.items()))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Cancellation records in Redis: atomic transitions, history, events and re-check times.
+
+Each record is one JSON string, changed only inside WATCH/MULTI so concurrent workers never
+lose an update. A final state is never changed again, so a late duplicate poll cannot flip
+it. Every state change is appended to a Redis Stream in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from worker.keys import Keys
+from worker.models import CancelRecord, OrderState
+
+DEFAULT_EVENTS_MAXLEN = 100_000  # approximate cap of the event stream (entries)
+
+#: A change to a record: return the record to store, or None to leave it as it is.
+Change = Callable[[CancelRecord], CancelRecord | None]
+
+
+def now_ms() -> int:
+    """Wall-clock Unix time in milliseconds, the unit of every record timestamp."""
+    return time.time_ns() // 1_000_000
+
+
+class RecordStore:
+    """Reads and changes cancellation records; the only writer of record keys."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        ttl_s: int,
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self.events_maxlen = events_maxlen
+
+    def get(self, order_id: str) -> CancelRecord | None:
+        """The record of one order, or None if nobody asked to cancel it (or it expired)."""
+        raw = self.client.get(self.keys.record(order_id))
+        return None if raw is None else CancelRecord.from_dict(json.loads(raw))
+
+    def get_many(self, order_ids: Iterable[str]) -> list[CancelRecord | None]:
+        """Records of several orders in one round trip, in the same order."""
+        ids = list(order_ids)
+        if not ids:
+            return []
+        raws = self.client.mget([self.keys.record(i) for i in ids])
+        return [None if raw is None else CancelRecord.from_dict(json.loads(raw)) for raw in raws]
+
+    def create(self, order_id: str, exchange: str) -> tuple[CancelRecord, bool]:
+        """Create a QUEUED record unless one exists; return (record, created)."""
+        records, created = self.create_many([order_id], exchange)
+        return records[0], created[0]
+
+    def create_many(
+        self, order_ids: list[str], exchange: str
+    ) -> tuple[list[CancelRecord], list[bool]]:
+        """Create QUEUED records for the ids that have none, in one pipeline."""
+        at = now_ms()
+        fresh = [_queued(order_id, exchange, at) for order_id in order_ids]
+        pipe = self.client.pipeline(transaction=True)
+        for record in fresh:
+            pipe.set(
+                self.keys.record(record.order_id),
+                json.dumps(record.to_dict()),
+                nx=True,
+                ex=self.ttl_s,
+            )
+        created = [bool(ok) for ok in pipe.execute()]
+        records: list[CancelRecord] = []
+        pairs = list(zip(fresh, created, strict=True))
+        existing = iter(self.get_many([r.order_id for r, made in pairs if not made]))
+        for record, was_created in pairs:
+            if was_created:
+                self._publish(record, previous=None)
+                records.append(record)
+            else:
+                found = next(existing)
+                records.append(found if found is not None else record)
+        return records, created
+
+    def delete(self, order_id: str) -> None:
+        """Remove a record that was created but could not be enqueued."""
+        self.client.delete(self.keys.record(order_id))
+
+    def update(self, order_id: str, change: Change) -> CancelRecord | None:
+        """Apply `change` atomically; publish an event if the state moved; return the result."""
+        key = self.keys.record(order_id)
+        result: list[CancelRecord | None] = [None]
+
+        def attempt(pipe: Any) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                result[0] = None
+                return
+            current = CancelRecord.from_dict(json.loads(raw))
+            changed = change(CancelRecord.from_dict(current.to_dict()))
+            result[0] = current
+            if changed is None:
+                return
+            at = now_ms()
+            changed.updated_at = at
+            if changed.state != current.state:
+                changed.history.append({"state": changed.state.value, "at": at})
+                if changed.is_final:
+                    changed.final_at = at
+            pipe.multi()
+            pipe.set(key, json.dumps(changed.to_dict()), ex=self.ttl_s)
+            if changed.is_final:
+                pipe.zrem(self.keys.due, order_id)
+            if changed.state != current.state:
+                self._publish(changed, previous=current.state, pipe=pipe)
+            result[0] = changed
+
+        self.client.transaction(attempt, key)
+        return result[0]
+
+    def transition(
+        self,
+        order_id: str,
+        state: OrderState,
+        *,
+        order: dict[str, Any] | None = None,
+        error: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> CancelRecord | None:
+        """Move a record to `state` (a final record is left alone); return what is stored."""
+
+        def change(record: CancelRecord) -> CancelRecord | None:
+            if record.is_final:
+                return None
+            record.state = state
+            if order is not None:
+                record.order = order
+            if error is not None:
+                record.error = error
+            for name, value in fields.items():
+                setattr(record, name, value)
+            return record
+
+        return self.update(order_id, change)
+
+    def schedule_check(self, order_id: str, at_ms: int) -> None:
+        """Ask the sweeper to look at this order again at `at_ms` (if nothing else does)."""
+        self.client.zadd(self.keys.due, {order_id: at_ms})
+
+    def unschedule(self, order_id: str) -> None:
+        """Stop watching an order (it is final or gone)."""
+        self.client.zrem(self.keys.due, order_id)
+
+    def due(self, until_ms: int, limit: int) -> list[str]:
+        """Order ids whose re-check time has come, oldest first."""
+        return list(self.client.zrangebyscore(self.keys.due, "-inf", until_ms, 0, limit))
+
+    def count_due(self) -> int:
+        """How many unfinished orders the sweeper is watching."""
+        return int(self.client.zcard(self.keys.due))
+
+    def _publish(
+        self, record: CancelRecord, *, previous: OrderState | None, pipe: Any = None
+    ) -> None:
+        event = {
+            "order_id": record.order_id,
+            "exchange": record.exchange,
+            "state": record.state.value,
+            "previous": previous.value if previous else "",
+            "at": str(record.updated_at),
+            "error_code": (record.error or {}).get("code", ""),
+        }
+        (pipe or self.client).xadd(
+            self.keys.events, event, maxlen=self.events_maxlen, approximate=True
+        )
+
+
+def _queued(order_id: str, exchange: str, at: int) -> CancelRecord:
+    return CancelRecord(
+        order_id=order_id,
+        exchange=exchange,
+        state=OrderState.QUEUED,
+        requested_at=at,
+        updated_at=at,
+        history=[{"state": OrderState.QUEUED.value, "at": at}],
+    )
