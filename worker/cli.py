@@ -11,8 +11,10 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
+from worker import stack
 from worker.errors import BrokerUnavailable, ConfigError, InvalidRequest
 from worker.models import DEFAULT_EXCHANGE, CancelRecord, OrderState
 from worker.sandbox import cli as sandbox_cli
@@ -75,6 +77,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("--json", action="store_true", help="print one JSON object per line")
     limits.set_defaults(func=_limits)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run the Celery workers (one per queue) of one host",
+        description="Start two Celery workers, one for the cancels queue and one for the "
+        "polls queue, so a poll waiting for status budget never delays a cancel. Run one "
+        "per host (or container) and scale by adding hosts; run beat once per fleet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    worker.add_argument(
+        "--cancel-concurrency", type=int, default=stack.DEFAULT_CANCEL_CONCURRENCY, metavar="N"
+    )
+    worker.add_argument(
+        "--poll-concurrency", type=int, default=stack.DEFAULT_POLL_CONCURRENCY, metavar="N"
+    )
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=_worker)
+
+    metrics = commands.add_parser(
+        "metrics",
+        help="serve Prometheus metrics for the whole fleet",
+        description="Serve /metrics: budget use per bucket, 429s, queue depth (waiting and "
+        "held by workers), orders by state and time to final, read from Redis per scrape.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    metrics.add_argument("--host", default="127.0.0.1")
+    metrics.add_argument("--port", type=int, default=stack.DEFAULT_METRICS_PORT)
+    metrics.set_defaults(func=_metrics)
+
+    run = commands.add_parser(
+        "run",
+        help="run the whole stack on this machine (Redis, sandbox, workers, Flower, metrics)",
+        description="Use REDIS_URL if it answers, else start redis-server on its port with "
+        "data in --data-dir; without COINSWITCH_API_KEY/SECRET_KEY start the sandbox "
+        "exchange (and say so); start the workers, beat, Flower and the metrics endpoint. "
+        "Ctrl-C stops everything.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run.add_argument("--data-dir", type=Path, default=Path(stack.DEFAULT_DATA_DIR))
+    run.add_argument("--sandbox-port", type=int, default=stack.DEFAULT_SANDBOX_PORT)
+    run.add_argument("--flower-port", type=int, default=stack.DEFAULT_FLOWER_PORT)
+    run.add_argument("--metrics-port", type=int, default=stack.DEFAULT_METRICS_PORT)
+    run.set_defaults(func=_run)
 
     sandbox_cli.add_parser(commands)
     return parser
@@ -177,6 +222,50 @@ def _limits(args: argparse.Namespace) -> int:
         else:
             print("  ".join(f"{k} {v}" for k, v in row.items()))
     return EXIT_OK
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.settings import Settings
+
+    Settings.from_env().require_credentials()  # fail here, naming the variable, not in a task
+    supervisor = stack.Supervisor()
+    commands = stack.worker_commands(args.cancel_concurrency, args.poll_concurrency, args.loglevel)
+    for name, command in commands.items():
+        supervisor.start(name, command)
+    return supervisor.run_until_stopped()
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    import signal
+
+    from prometheus_client import REGISTRY, start_http_server
+
+    from worker.log import configure_logging
+    from worker.metrics import FleetCollector
+    from worker.tasks import get_services
+
+    configure_logging()
+    REGISTRY.register(FleetCollector(get_services()))
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait below
+    server, _ = start_http_server(args.port, addr=args.host)
+    print(f"metrics on http://{args.host}:{args.port}/metrics", flush=True)
+    signal.sigwait(stop_signals)
+    server.shutdown()
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from worker.log import configure_logging
+
+    configure_logging()
+    options = stack.RunOptions(
+        data_dir=args.data_dir,
+        sandbox_port=args.sandbox_port,
+        flower_port=args.flower_port,
+        metrics_port=args.metrics_port,
+    )
+    return stack.run_stack(options)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,16 @@ class Keys:
         """List: task messages that could not be understood, kept for an operator."""
         return f"{self.namespace}:dead"
 
+    @property
+    def state_counts(self) -> str:
+        """Hash: how many records are in each state (kept in step with every transition)."""
+        return f"{self.namespace}:stats:states"
+
+    @property
+    def time_to_final(self) -> str:
+        """Hash: histogram of request → final times (fields `le:<s>`, `sum_ms`, `count`)."""
+        return f"{self.namespace}:stats:time_to_final"
+
     def cancel_lease(self, order_id: str) -> str:
         """String: which delivery may send the DELETE for this order right now."""
         return f"{self.namespace}:lease:cancel:{order_id}"

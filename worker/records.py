@@ -19,6 +19,9 @@ from worker.models import CancelRecord, OrderState
 
 DEFAULT_EVENTS_MAXLEN = 100_000  # approximate cap of the event stream (entries)
 
+#: Upper bounds (seconds) of the request → final histogram that metrics expose.
+TIME_TO_FINAL_BUCKETS_S = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+
 #: A change to a record: return the record to store, or None to leave it as it is.
 Change = Callable[[CancelRecord], CancelRecord | None]
 
@@ -83,6 +86,7 @@ class RecordStore:
         for record, was_created in pairs:
             if was_created:
                 self._publish(record, previous=None)
+                self.client.hincrby(self.keys.state_counts, record.state.value, 1)
                 records.append(record)
             else:
                 found = next(existing)
@@ -120,6 +124,10 @@ class RecordStore:
                 pipe.zrem(self.keys.due, order_id)
             if changed.state != current.state:
                 self._publish(changed, previous=current.state, pipe=pipe)
+                pipe.hincrby(self.keys.state_counts, current.state.value, -1)
+                pipe.hincrby(self.keys.state_counts, changed.state.value, 1)
+                if changed.is_final:
+                    self._observe_time_to_final(pipe, at - changed.requested_at)
             result[0] = changed
 
         self.client.transaction(attempt, key)
@@ -165,6 +173,23 @@ class RecordStore:
     def count_due(self) -> int:
         """How many unfinished orders the sweeper is watching."""
         return int(self.client.zcard(self.keys.due))
+
+    def state_counts(self) -> dict[str, int]:
+        """How many records are in each state right now."""
+        return {state: int(n) for state, n in self.client.hgetall(self.keys.state_counts).items()}
+
+    def time_to_final(self) -> tuple[list[tuple[float, int]], int, float]:
+        """The request → final histogram: ([(bound_s, cumulative count)], count, sum_s)."""
+        raw = self.client.hgetall(self.keys.time_to_final)
+        buckets = [(b, int(raw.get(f"le:{b}", 0))) for b in TIME_TO_FINAL_BUCKETS_S]
+        return buckets, int(raw.get("count", 0)), int(raw.get("sum_ms", 0)) / 1000
+
+    def _observe_time_to_final(self, pipe: Any, elapsed_ms: int) -> None:
+        for bound in TIME_TO_FINAL_BUCKETS_S:
+            if elapsed_ms <= bound * 1000:
+                pipe.hincrby(self.keys.time_to_final, f"le:{bound}", 1)
+        pipe.hincrby(self.keys.time_to_final, "count", 1)
+        pipe.hincrby(self.keys.time_to_final, "sum_ms", max(0, elapsed_ms))
 
     def _publish(
         self, record: CancelRecord, *, previous: OrderState | None, pipe: Any = None

@@ -1,0 +1,7 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+RUN pip install --no-cache-dir . && useradd --create-home app
+USER app
+CMD ["cancel-worker", "worker"]

@@ -1,0 +1,254 @@
+"""Running it like production: `cancel-worker run`, the Procfile, docker-compose.yml."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import ROOT, SERVICE_ENV, wait_for
+from tests.redis_server import free_port
+from worker.sandbox import SandboxHandle
+
+pytestmark = pytest.mark.integration
+
+RUN_START_TIMEOUT_S = 60.0
+BIN_DIR = str(Path(sys.executable).parent)
+
+
+def path_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this interpreter's scripts (cancel-worker, celery) first on PATH."""
+    env = dict(env)
+    env["PATH"] = BIN_DIR + os.pathsep + env.get("PATH", "")
+    return env
+
+
+class Output:
+    """Collects a child's merged output in a thread, so waits never block on a pipe."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.text = ""
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self._lock:
+                self.text += line
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    """Pids of live (non-zombie) processes whose process group is `pgid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def stack() -> Iterator[dict[str, Any]]:
+    """`cancel-worker run` on a machine where nothing answers at REDIS_URL and no keys are set."""
+    ports = {name: free_port() for name in ("redis", "sandbox", "flower", "metrics")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COINSWITCH_", "CANCEL_"))}
+    env["REDIS_URL"] = f"redis://127.0.0.1:{ports['redis']}/0"
+    with tempfile.TemporaryDirectory(prefix="cw-run-") as data_dir:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "run",
+                "--data-dir",
+                data_dir,
+                "--sandbox-port",
+                str(ports["sandbox"]),
+                "--flower-port",
+                str(ports["flower"]),
+                "--metrics-port",
+                str(ports["metrics"]),
+            ],
+            cwd=ROOT,
+            env=path_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        output = Output(proc)
+        try:
+            wait_for(
+                lambda: "cancel-worker is running" in output.text or proc.poll() is not None,
+                RUN_START_TIMEOUT_S,
+                "the stack to come up",
+            )
+            assert proc.poll() is None, output.text[-3000:]
+            yield {"proc": proc, "output": output, "env": env, "ports": ports}
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) -> None:
+    """`run` with no Redis and no keys: embedded Redis and sandbox, a demo order cancels via
+    the CLI, Flower lists the task, metrics count it, and Ctrl-C leaves no process behind."""
+    proc, output, ports = stack["proc"], stack["output"], stack["ports"]
+    assert "(embedded, data in" in output.text
+    assert "SANDBOX" in output.text and "nothing reaches CoinSwitch" in output.text
+    match = re.search(r"cancel-worker cancel ([0-9a-f-]{36}) --wait", output.text)
+    assert match, output.text[-3000:]
+    order_id = match.group(1)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "cancel", order_id, "--wait", "--timeout", "60"],
+        cwd=ROOT,
+        env=path_env({**os.environ, "REDIS_URL": stack["env"]["REDIS_URL"]}),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith(f"{order_id}  CANCELLED")
+
+    flower = f"http://127.0.0.1:{ports['flower']}"
+
+    def flower_task() -> dict[str, Any] | None:
+        tasks = requests.get(f"{flower}/api/tasks", timeout=5).json()
+        for task in tasks.values():
+            if task.get("name") == "cancel_worker.cancel_order" and order_id in task["args"]:
+                return dict(task)
+        return None
+
+    task = wait_for(flower_task, 20, "Flower to list the cancel task")
+    assert task["state"] == "SUCCESS"
+
+    metrics = requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).text
+    assert 'cancel_worker_orders{state="CANCELLED"} 1.0' in metrics
+    assert 'cancel_worker_requests_total{bucket="cancel"} 1.0' in metrics
+    assert "cancel_worker_time_to_final_seconds_count 1.0" in metrics
+
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    assert proc.wait(timeout=40) == 0, output.text[-3000:]
+    wait_for(lambda: not processes_in_group(proc.pid), 10, "every child to exit")
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def test_procfile_has_the_production_process_types() -> None:
+    """The Procfile declares worker, beat, flower and metrics."""
+    assert set(procfile()) == {"worker", "beat", "flower", "metrics"}
+
+
+@pytest.mark.parametrize("process_type", ["worker", "beat", "flower", "metrics"])
+def test_procfile_command_answers(
+    process_type: str, redis_url: str, sandbox: SandboxHandle, tmp_path: Path
+) -> None:
+    """Each Procfile command starts as written and answers (ping, HTTP, or its ready line)."""
+    flower_port, metrics_port = free_port(), free_port()
+    node = f"procfile-{uuid.uuid4().hex[:6]}"
+    env = path_env(
+        {
+            **os.environ,
+            **SERVICE_ENV,
+            "FLOWER_PORT": str(flower_port),
+            "METRICS_PORT": str(metrics_port),
+            "BEAT_SCHEDULE": str(tmp_path / "beat-schedule"),
+            "FLOWER_BASIC_AUTH": "ops:secret-pass",
+        }
+    )
+    log_path = tmp_path / "out.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            ["bash", "-c", f"exec {procfile()[process_type]}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        if process_type == "worker":
+            from worker.celery_app import app
+
+            def both_queues_consumed() -> bool:
+                replies = app.control.inspect(timeout=0.5).active_queues() or {}
+                mine = {q["name"] for n, qs in replies.items() if f"-{proc.pid}@" in n for q in qs}
+                return mine == {"cancels", "polls"}
+
+            wait_for(both_queues_consumed, 40, f"{node}: both queues consumed")
+        elif process_type == "beat":
+            wait_for(lambda: "beat: Starting" in log_path.read_text(), 30, "beat to start")
+        elif process_type == "flower":
+            url = f"http://127.0.0.1:{flower_port}"
+            wait_for(lambda: _get(f"{url}/healthcheck") == 200, 30, "Flower")
+            assert _get(f"{url}/api/workers") == 401  # basic auth from FLOWER_BASIC_AUTH
+            ok = requests.get(f"{url}/api/workers", auth=("ops", "secret-pass"), timeout=5)
+            assert ok.status_code == 200
+        else:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            wait_for(lambda: _get(url) == 200, 30, "metrics")
+            assert "cancel_worker_budget_limit" in requests.get(url, timeout=5).text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def _get(url: str) -> int:
+    try:
+        return requests.get(url, timeout=2).status_code
+    except requests.RequestException:
+        return 0
+
+
+def test_compose_file_is_production_shaped() -> None:
+    """docker-compose.yml: AOF Redis with a volume and health check, scalable worker, Flower
+    with auth from env on 5555, the sandbox under a profile, and no credential baked in."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) >= {"redis", "worker", "beat", "flower", "metrics", "sandbox"}
+    redis_service = services["redis"]
+    assert "--appendonly" in redis_service["command"] and "yes" in redis_service["command"]
+    assert redis_service["healthcheck"]["test"][-1] == "ping"
+    assert any(v.split(":")[0] in compose["volumes"] for v in redis_service["volumes"])
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker  # so --scale works
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH")
+    assert "5555:5555" in services["flower"]["ports"]
+    assert services["sandbox"]["profiles"] == ["sandbox"]
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if "KEY" in key or "AUTH" in key or "SECRET" in key:
+                assert str(value).startswith("${"), f"{name}.{key} is baked in"
+        command = service.get("command", [])
+        assert all(isinstance(part, str) for part in command), name
+    shlex.split(" ".join(services["worker"]["command"]))

@@ -1,0 +1,258 @@
+"""Process supervision for `cancel-worker worker` and `cancel-worker run`.
+
+`worker` runs two Celery workers, one per queue, so a poll waiting for status budget never
+holds a thread a cancel needs. `run` adds what a laptop lacks: an embedded redis-server
+(when REDIS_URL does not answer), the sandbox (when no credentials are set), beat, Flower
+and the metrics endpoint. Ctrl-C or SIGTERM stops every child, then waits for each.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlsplit
+
+import redis
+import structlog
+
+from worker.errors import ConfigError
+from worker.keys import CANCEL_QUEUE, POLL_QUEUE
+
+STOP_TIMEOUT_S = 15.0  # warm shutdown time before a child is killed
+READY_TIMEOUT_S = 20.0
+DEFAULT_CANCEL_CONCURRENCY = 4  # threads sending DELETEs (they mostly wait for budget)
+DEFAULT_POLL_CONCURRENCY = 8  # threads polling statuses
+DEFAULT_DATA_DIR = ".cancel-worker"
+DEFAULT_SANDBOX_PORT = 8765
+DEFAULT_FLOWER_PORT = 5555
+DEFAULT_METRICS_PORT = 9808
+
+log = structlog.get_logger(__name__)
+
+
+def celery_worker_args(
+    queue: str, concurrency: int, name: str, loglevel: str = "INFO"
+) -> list[str]:
+    """The Celery worker command for one queue (threads pool: the tasks wait on I/O)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker", "worker",
+        "-Q", queue, "-P", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
+        "--without-gossip", "--without-mingle", "-l", loglevel,
+    ]  # fmt: skip
+
+
+def worker_commands(
+    cancel_concurrency: int, poll_concurrency: int, loglevel: str = "INFO"
+) -> dict[str, list[str]]:
+    """One Celery worker per queue, named so Flower shows which is which."""
+    pid = os.getpid()
+    return {
+        "cancels": celery_worker_args(CANCEL_QUEUE, cancel_concurrency, f"cancels-{pid}", loglevel),
+        "polls": celery_worker_args(POLL_QUEUE, poll_concurrency, f"polls-{pid}", loglevel),
+    }
+
+
+@dataclass
+class Supervisor:
+    """Starts children, stops them all when one exits or a stop signal arrives."""
+
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _stopping: bool = False
+
+    def start(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        """Start one child process sharing our stdout/stderr."""
+        self.children[name] = subprocess.Popen(list(args), env=dict(env or os.environ))
+        log.info("stack.started", child=name, pid=self.children[name].pid)
+
+    def _on_signal(self, signum: int, _: FrameType | None) -> None:
+        self._stopping = True
+
+    def run_until_stopped(self) -> int:
+        """Block until a signal or a child's exit; stop everything; return an exit code."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        code = 0
+        try:
+            while not self._stopping:
+                for name, proc in self.children.items():
+                    if proc.poll() is not None:
+                        log.error("stack.child_exited", child=name, code=proc.returncode)
+                        code = 1
+                        self._stopping = True
+                time.sleep(0.2)
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return code
+
+    def stop(self) -> None:
+        """SIGTERM every child (last started first), then kill what is left after a grace."""
+        for proc in reversed(list(self.children.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for name, proc in reversed(list(self.children.items())):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("stack.killing", child=name)
+                proc.kill()
+                proc.wait(timeout=5)
+        log.info("stack.stopped")
+
+
+def redis_answers(url: str) -> bool:
+    """Whether a Redis server answers PING at this URL within a second."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def redis_server_args(url: str, data_dir: Path) -> list[str]:
+    """An embedded redis-server on the URL's port, persisting (AOF) into data_dir."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConfigError(
+            "REDIS_URL",
+            f"nothing answers at {url} and redis-server is not on PATH "
+            "(install it: apt-get install redis-server)",
+        )
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    if host not in ("localhost", "127.0.0.1", "::1"):
+        raise ConfigError("REDIS_URL", f"{url} does not answer and is not local to start")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        binary, "--bind", "127.0.0.1", "--port", str(parts.port or 6379),
+        "--dir", str(data_dir.resolve()), "--appendonly", "yes", "--save", "",
+    ]  # fmt: skip
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `check` until it is true, or raise ConfigError after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise ConfigError("run", f"{what} did not come up within {timeout_s:g}s")
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `cancel-worker run` starts, and where."""
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    sandbox_port: int = DEFAULT_SANDBOX_PORT
+    flower_port: int = DEFAULT_FLOWER_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    cancel_concurrency: int = DEFAULT_CANCEL_CONCURRENCY
+    poll_concurrency: int = DEFAULT_POLL_CONCURRENCY
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "worker.cli", *args]
+
+
+def _http_ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def run_stack(options: RunOptions) -> int:
+    """Bring the whole stack up on this machine, print where to look, run until Ctrl-C."""
+    from worker.sandbox import AdminClient, generate_keypair
+    from worker.settings import DEFAULT_REDIS_URL
+
+    env = dict(os.environ)
+    env.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
+    redis_url = env["REDIS_URL"]
+    supervisor = Supervisor()
+    lines: list[str] = []
+    try:
+        if redis_answers(redis_url):
+            lines.append(f"Redis       {redis_url} (already running)")
+        else:
+            supervisor.start("redis", redis_server_args(redis_url, options.data_dir / "redis"))
+            wait_until(lambda: redis_answers(redis_url), READY_TIMEOUT_S, "redis-server")
+            lines.append(f"Redis       {redis_url} (embedded, data in {options.data_dir}/redis)")
+        if not (env.get("COINSWITCH_API_KEY") and env.get("COINSWITCH_SECRET_KEY")):
+            api_key, secret_key = generate_keypair()
+            sandbox_url = f"http://127.0.0.1:{options.sandbox_port}"
+            supervisor.start(
+                "sandbox",
+                _cli("sandbox", "--port", str(options.sandbox_port), "--api-key", api_key),
+            )
+            env.update(
+                COINSWITCH_BASE_URL=sandbox_url,
+                COINSWITCH_API_KEY=api_key,
+                COINSWITCH_SECRET_KEY=secret_key,
+            )
+            wait_until(
+                lambda: _http_ok(f"{sandbox_url}/_sandbox/health"), READY_TIMEOUT_S, "sandbox"
+            )
+            demo = AdminClient(sandbox_url).create_order(
+                symbol="DOGEUSDT", side="BUY", order_type="LIMIT", quantity="22", price="0.28"
+            )
+            lines += [
+                f"Exchange    SANDBOX at {sandbox_url}: no COINSWITCH_API_KEY/SECRET_KEY set,",
+                "            so nothing reaches CoinSwitch. A demo order is open on it:",
+                f"            cancel-worker cancel {demo['order_id']} --wait",
+                f"            (more: curl -s -XPOST {sandbox_url}/_sandbox/orders "
+                '-d \'{"symbol":"DOGEUSDT","side":"BUY","order_type":"LIMIT",'
+                '"quantity":"1","price":"0.1"}\')',
+            ]
+        else:
+            lines.append(f"Exchange    {env.get('COINSWITCH_BASE_URL', 'https://coinswitch.co')}")
+        for name, args in worker_commands(
+            options.cancel_concurrency, options.poll_concurrency
+        ).items():
+            supervisor.start(name, args, env)
+        schedule = options.data_dir / "beat-schedule"
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+        beat = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-s", str(schedule)]
+        supervisor.start("beat", beat, env)
+        flower = [
+            sys.executable, "-m", "celery", "-A", "worker", "flower",
+            "--address=127.0.0.1", f"--port={options.flower_port}",
+        ]  # fmt: skip
+        flower_env = dict(env)
+        if not env.get("FLOWER_BASIC_AUTH"):
+            # Loopback only: let the local user read Flower's API without credentials.
+            flower_env["FLOWER_UNAUTHENTICATED_API"] = "true"
+        supervisor.start("flower", flower, flower_env)
+        metrics = _cli("metrics", "--port", str(options.metrics_port))
+        supervisor.start("metrics", metrics, env)
+        flower_url = f"http://127.0.0.1:{options.flower_port}"
+        metrics_url = f"http://127.0.0.1:{options.metrics_port}/metrics"
+        wait_until(lambda: _http_ok(f"{flower_url}/healthcheck"), READY_TIMEOUT_S, "Flower")
+        wait_until(lambda: _http_ok(metrics_url), READY_TIMEOUT_S, "metrics")
+        lines += [
+            "Workers     cancels + polls (Celery, threads pool) and beat (the sweeper)",
+            f"Flower      {flower_url}"
+            + ("  (auth from FLOWER_BASIC_AUTH)" if env.get("FLOWER_BASIC_AUTH") else ""),
+            f"Metrics     {metrics_url}",
+            "Ctrl-C stops everything.",
+        ]
+        print("\ncancel-worker is running\n  " + "\n  ".join(lines) + "\n", flush=True)
+    except BaseException:
+        supervisor.stop()
+        raise
+    return supervisor.run_until_stopped()
