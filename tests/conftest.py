@@ -166,3 +166,35 @@ def workers(redis_url: str, sandbox: SandboxHandle, log_dir: Path) -> Iterator[P
         yield log_dir / "test1.log"
     finally:
         stop_worker(proc)
+
+
+@pytest.fixture
+def own_workers(workers: Path, log_dir: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Detach the session worker from both queues; yield a starter for this test's workers.
+
+    Every worker started through it is stopped afterwards and the session worker resumes.
+    """
+    from worker.celery_app import app
+    from worker.keys import CANCEL_QUEUE, POLL_QUEUE
+
+    session_worker = [f"test1@{os.uname().nodename}"]
+    for queue in (CANCEL_QUEUE, POLL_QUEUE):
+        app.control.cancel_consumer(queue, destination=session_worker, reply=True)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        name: str, *, queues: str = "cancels,polls", extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        proc = start_worker(name, log_dir, queues=queues, extra_env=extra_env)
+        started.append(proc)
+        if not extra_env or "REDIS_URL" not in extra_env:
+            wait_worker_ready(name, proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            stop_worker(proc)
+        for queue in (CANCEL_QUEUE, POLL_QUEUE):
+            app.control.add_consumer(queue, destination=session_worker, reply=True)

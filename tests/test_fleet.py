@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import start_worker, stop_worker, wait_for, wait_worker_ready
+from tests.conftest import wait_for
 from worker.celery_app import app
-from worker.keys import CANCEL_QUEUE
+from worker.keys import CANCEL_QUEUE, POLL_QUEUE
 from worker.models import OrderState
 from worker.producer import get_records, request_cancels
 from worker.sandbox import SandboxHandle
@@ -46,21 +45,11 @@ def test_strict_window_max_counts_like_the_exchange() -> None:
 
 
 @pytest.fixture
-def fleet(workers: Path, exchange: SandboxHandle, log_dir: Path) -> Iterator[list[Any]]:
-    """Three cancel-only worker processes; the session worker keeps only the poll queue."""
-    session_worker = f"test1@{os.uname().nodename}"
-    app.control.cancel_consumer(CANCEL_QUEUE, destination=[session_worker], reply=True)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for i in range(FLEET_SIZE):
-            procs.append(start_worker(f"fleet{i}", log_dir, queues=CANCEL_QUEUE))
-        for i, proc in enumerate(procs):
-            wait_worker_ready(f"fleet{i}", proc)
-        yield procs
-    finally:
-        for proc in procs:
-            stop_worker(proc)
-        app.control.add_consumer(CANCEL_QUEUE, destination=[session_worker], reply=True)
+def fleet(own_workers: Callable[..., Any], exchange: SandboxHandle) -> list[Any]:
+    """Three cancel-only worker processes and one poll worker, as on separate hosts."""
+    procs = [own_workers(f"fleet{i}", queues=CANCEL_QUEUE) for i in range(FLEET_SIZE)]
+    own_workers("fleetpolls", queues=POLL_QUEUE)
+    return procs
 
 
 def place_many(exchange: SandboxHandle, count: int) -> list[str]:

@@ -156,12 +156,12 @@ def _cancel(args: argparse.Namespace) -> int:
     from worker.producer import get_records, request_cancels
 
     records = request_cancels(args.order_ids, args.exchange)
+    for record in records:
+        _show(record, args.json, sys.stdout)
     if not args.wait:
-        for record in records:
-            _show(record, args.json, sys.stdout)
         return EXIT_OK
     order_ids = [record.order_id for record in records]
-    seen: dict[str, OrderState] = {}
+    seen = {record.order_id: record.state for record in records}
     deadline = time.monotonic() + args.timeout
     while True:
         current = {r.order_id: r for r in get_records(order_ids) if r is not None}

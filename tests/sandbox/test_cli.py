@@ -70,8 +70,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def sandbox_process(args: list[str], log: Path) -> Iterator[subprocess.Popen[str]]:
-    """Start the sandbox CLI; stop it with SIGTERM and check it exits 0."""
+def sandbox_process(
+    args: list[str], log: Path, stop_signal: int = signal.SIGTERM
+) -> Iterator[subprocess.Popen[str]]:
+    """Start the sandbox CLI; stop it with a signal and check it exits 0."""
     with log.open("w") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "sandbox", *args],
@@ -84,7 +86,7 @@ def sandbox_process(args: list[str], log: Path) -> Iterator[subprocess.Popen[str
         try:
             yield proc
         finally:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(stop_signal)
             try:
                 code = proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -185,8 +187,9 @@ def test_issue_2_acceptance_flow(tmp_path: Path) -> None:
 
 
 def test_generated_keys_are_printed_and_work(tmp_path: Path) -> None:
-    """Without --api-key the CLI prints a working key pair and the env lines."""
-    with sandbox_process(["--port", "0"], tmp_path / "sandbox.log") as proc:
+    """Without --api-key the CLI prints a working key pair and the env lines; Ctrl-C exits 0."""
+    log_path = tmp_path / "sandbox.log"
+    with sandbox_process(["--port", "0"], log_path, stop_signal=signal.SIGINT) as proc:
         lines = read_until_listening(proc)
         env = dict(line.split("=", 1) for line in lines if line.startswith("COINSWITCH_"))
         assert set(env) == {"COINSWITCH_BASE_URL", "COINSWITCH_API_KEY", "COINSWITCH_SECRET_KEY"}
@@ -196,6 +199,6 @@ def test_generated_keys_are_printed_and_work(tmp_path: Path) -> None:
         )
         wait_for(lambda: requests.get(f"{client.base_url}/_sandbox/health", timeout=5).ok)
         assert client.status("unknown").status_code == 404
-    log = (tmp_path / "sandbox.log").read_text()
+    log = log_path.read_text()
     assert '"event": "request"' in log
     assert env["COINSWITCH_SECRET_KEY"] not in log

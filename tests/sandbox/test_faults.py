@@ -160,3 +160,26 @@ def test_latency_knob_delays_every_response(make_sandbox: MakeSandbox) -> None:
     started = time.monotonic()
     client.status("x")
     assert time.monotonic() - started >= 0.15
+
+
+def test_fault_targeted_at_an_order_skips_other_orders(
+    sandbox: SandboxHandle, client: CoinSwitchClient
+) -> None:
+    """A fault injected with order_id is consumed only by a request naming that order."""
+    target = sandbox.admin.create_order()["order_id"]
+    other = sandbox.admin.create_order()["order_id"]
+    sandbox.admin.inject("cancel", "error_not_applied", order_id=target)
+    assert client.cancel(other).status_code == 200
+    assert client.cancel(target).status_code == 503
+    assert client.cancel(target).status_code == 200
+
+
+def test_fault_targeted_at_a_client_order_id(
+    sandbox: SandboxHandle, client: CoinSwitchClient
+) -> None:
+    """A place fault injected with client_order_id hits only the placement with that id."""
+    sandbox.admin.inject("place", "error_applied", client_order_id="mine")
+    body = {"symbol": "DOGEUSDT", "side": "BUY", "order_type": "LIMIT", "quantity": 1, "price": 1}
+    assert client.place(**body, client_order_id="theirs").status_code == 200
+    assert client.place(**body, client_order_id="mine").status_code == 503
+    assert sandbox.admin.stats()["orders"]["RAISED"] == 2

@@ -54,7 +54,11 @@ class AdminClient:
         return result
 
     def inject(self, endpoint: str, kind: str, count: int = 1, **extra: Any) -> dict[str, Any]:
-        """Queue one-shot faults for the next matching signed requests."""
+        """Queue one-shot faults for the next matching signed requests.
+
+        `extra` may hold `status` (error kinds), `latency_ms` (latency), and `order_id` or
+        `client_order_id` so that only a request naming that order consumes the fault.
+        """
         body = {"endpoint": endpoint, "kind": kind, "count": count, **extra}
         result: dict[str, Any] = self._call("POST", "faults", body)
         return result

@@ -114,6 +114,25 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _order_ids(
+    endpoint: str, query: dict[str, list[str]], body: dict[str, Any] | None
+) -> tuple[str | None, str | None]:
+    """(order_id, client_order_id) a request names, read before auth and validation.
+
+    Per-order counters and order-targeted faults use them, whatever the answer will be.
+    """
+    if endpoint == "status":
+        return query.get("order_id", [None])[0], query.get("client_order_id", [None])[0]
+    if body is None:
+        return None, None
+    order_id = body.get("order_id")
+    client_order_id = body.get("client_order_id")
+    return (
+        order_id if isinstance(order_id, str) else None,
+        client_order_id if isinstance(client_order_id, str) else None,
+    )
+
+
 class SandboxApp:
     """The simulated exchange's state and behaviour, shared by all handler threads."""
 
@@ -186,7 +205,9 @@ class SandboxApp:
         self.stats.arrival(endpoint, bucket, now, period_ms)
         query = parse_qs(urlsplit(req.target).query, keep_blank_values=True)
         body = _json_object(req.body) if endpoint != "status" else {}
-        self._note_order_request(endpoint, query, body)
+        order_id, client_order_id = _order_ids(endpoint, query, body)
+        if endpoint in ("cancel", "status"):  # per-order counters see every request
+            self.book.note_request(endpoint, order_id=order_id, client_order_id=client_order_id)
         extra: dict[str, Any] = {"endpoint": endpoint, "delay_ms": cfg.latency_ms}
 
         try:
@@ -205,7 +226,7 @@ class SandboxApp:
             self.stats.count(endpoint, "rate_limited")
             return _message(429, MSG_RATE_LIMITED, **extra)
 
-        fault = self.faults.next(endpoint, cfg)
+        fault = self.faults.next(endpoint, cfg, order_id, client_order_id)
         if fault is None:
             return dataclasses.replace(self._operate(endpoint, api_key, query, body, cfg), **extra)
         self.stats.count(endpoint, "faulted")
@@ -227,17 +248,6 @@ class SandboxApp:
         if fault.kind == "unauthorized":
             return _message(401, INVALID_ACCESS, **extra)
         return _message(fault.status, MSG_INTERNAL, **extra)
-
-    def _note_order_request(
-        self, endpoint: str, query: dict[str, list[str]], body: dict[str, Any] | None
-    ) -> None:
-        """Per-order counters see every DELETE/GET naming a known order, whatever the answer."""
-        if endpoint == "cancel" and body is not None and isinstance(body.get("order_id"), str):
-            self.book.note_request("cancel", order_id=body["order_id"])
-        elif endpoint == "status":
-            order_id = query.get("order_id", [None])[0]
-            client_id = query.get("client_order_id", [None])[0]
-            self.book.note_request("status", order_id=order_id, client_order_id=client_id)
 
     def _operate(
         self,
@@ -377,7 +387,14 @@ class SandboxApp:
         count = int_field(body, "count", minimum=1) or 1
         status = int_field(body, "status") or 503
         latency_ms = int_field(body, "latency_ms") or 0
-        queued = self.faults.inject(str(endpoint), Fault(str(kind), status, latency_ms), count)
+        fault = Fault(
+            str(kind),
+            status,
+            latency_ms,
+            order_id=id_field(body, "order_id"),
+            client_order_id=id_field(body, "client_order_id"),
+        )
+        queued = self.faults.inject(str(endpoint), fault, count)
         return Reply(200, {"data": {"endpoint": endpoint, "kind": kind, "queued": queued}})
 
     def _admin_configure(self, body: dict[str, Any]) -> Reply:

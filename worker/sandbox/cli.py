@@ -42,6 +42,8 @@ from worker.sandbox.config import (
 )
 from worker.sandbox.server import start_sandbox
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_CLI_PORT: Final = 8765
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 STOP_POLL_S: Final = 1.0
@@ -338,13 +340,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"Sandbox listening on {handle.url} (admin: {handle.url}/_sandbox/stats)", flush=True)
 
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in stop_signals}
     try:
         while not stop.wait(STOP_POLL_S):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         handle.stop()
+    log.info("sandbox_stopped", url=handle.url)
     return 0

@@ -37,6 +37,15 @@ class Fault:
     kind: str
     status: int = DEFAULT_FAULT_STATUS  # for error kinds
     latency_ms: int = 0  # for the latency kind
+    order_id: str | None = None  # only a request naming this order consumes it
+    client_order_id: str | None = None  # likewise, by client id (place body, status query)
+
+    def matches(self, order_id: str | None, client_order_id: str | None) -> bool:
+        """Whether a request for these ids may consume this fault."""
+        return self.order_id in (None, order_id) and self.client_order_id in (
+            None,
+            client_order_id,
+        )
 
     @property
     def applied(self) -> bool:
@@ -81,12 +90,20 @@ class FaultPlan:
         with self._lock:
             return {name: len(q) for name, q in self._queued.items()}
 
-    def next(self, endpoint: str, config: SandboxConfig) -> Fault | None:
-        """The fault for this request, if any; consumes a one-shot or draws at random."""
+    def next(
+        self,
+        endpoint: str,
+        config: SandboxConfig,
+        order_id: str | None = None,
+        client_order_id: str | None = None,
+    ) -> Fault | None:
+        """The fault for this request, if any: the first matching one-shot, else a random draw."""
         with self._lock:
             queue = self._queued[endpoint]
-            if queue:
-                return queue.popleft()
+            for index, fault in enumerate(queue):
+                if fault.matches(order_id, client_order_id):
+                    del queue[index]
+                    return fault
             if config.error_rate + config.timeout_rate + config.malformed_rate <= 0:
                 return None  # draw nothing, so enabling faults later starts a fresh stream
             roll = self._rng.random()
