@@ -152,7 +152,12 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def log_dir() -> Iterator[Path]:
-    """Where worker processes write their logs (printed on failure by the tests that care)."""
+    """Where worker processes write their logs: CW_TEST_LOG_DIR if set (kept), else a temp dir."""
+    keep = os.environ.get("CW_TEST_LOG_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        yield Path(keep)
+        return
     with tempfile.TemporaryDirectory(prefix="cw-logs-") as path:
         yield Path(path)
 
@@ -183,9 +188,13 @@ def own_workers(workers: Path, log_dir: Path) -> Iterator[Callable[..., subproce
     started: list[subprocess.Popen[bytes]] = []
 
     def start(
-        name: str, *, queues: str = "cancels,polls", extra_env: dict[str, str] | None = None
+        name: str,
+        *,
+        queues: str = "cancels,polls",
+        beat: bool = False,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        proc = start_worker(name, log_dir, queues=queues, extra_env=extra_env)
+        proc = start_worker(name, log_dir, queues=queues, beat=beat, extra_env=extra_env)
         started.append(proc)
         if not extra_env or "REDIS_URL" not in extra_env:
             wait_worker_ready(name, proc)

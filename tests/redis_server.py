@@ -1,4 +1,4 @@
-"""A throwaway redis-server on a free loopback port, for tests and benchmarks."""
+"""A throwaway redis-server on a free loopback port, for tests, soak runs and benchmarks."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
 
 
 def free_port() -> int:
@@ -23,52 +24,71 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class RedisServer:
+    """One redis-server process that can be stopped and started again on the same data."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, appendonly: bool = False):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not on PATH: install it (apt-get install redis-server) "
+                "or set REDIS_URL to a Redis the tests may use"
+            )
+        self.binary = binary
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server (AOF replayed if there is one) and wait until it answers PING."""
+        args = [
+            self.binary,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Shut down gracefully (SIGTERM: the AOF is flushed), killing it after a timeout."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
 @contextmanager
 def redis_server(*, appendonly: bool = False, port: int | None = None) -> Iterator[str]:
     """Run redis-server from PATH on a free port in a temp dir; yield its URL; stop it after."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError(
-            "redis-server is not on PATH: install it (apt-get install redis-server) "
-            "or set REDIS_URL to a Redis the tests may use"
-        )
-    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="cw-redis-") as data_dir:
-        args = [
-            binary,
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--dir", data_dir,
-            "--save", "",
-            "--appendonly", "yes" if appendonly else "no",
-            "--daemonize", "no",
-            "--logfile", str(Path(data_dir) / "redis.log"),
-        ]  # fmt: skip
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
+        server = RedisServer(Path(data_dir), port=port, appendonly=appendonly)
+        server.start()
         try:
-            _wait_ready(url, proc)
-            yield url
+            yield server.url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with code {proc.returncode} at start-up")
-        try:
-            if client.ping():
-                client.close()
-                return
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            server.stop()

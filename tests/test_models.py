@@ -32,7 +32,18 @@ def test_order_id_canonical_lowercase() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "not-a-uuid", ORDER_ID + "0", ORDER_ID.replace("-", ""), None, 42, ["x"], "🙂" * 36]
+    "bad",
+    [
+        "",
+        "not-a-uuid",
+        ORDER_ID + "0",
+        ORDER_ID + "\n",
+        ORDER_ID.replace("-", ""),
+        None,
+        42,
+        ["x"],
+        "🙂" * 36,
+    ],
 )
 def test_bad_order_id_names_value(bad: object) -> None:
     """Anything but a hyphenated UUID string is refused, naming the field."""

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from worker.errors import AuthError, OrderNotFound, OutcomeUnknown, RateLimited, Refused
+from worker.keys import CANCEL_QUEUE
 from worker.models import (
     EXCHANGE_CANCEL_PENDING,
     EXCHANGE_OPEN,
@@ -31,7 +32,8 @@ LEASE_TTL_MS = 20_000  # renewed by every heartbeat (at most every 5 s) while a 
 MAX_SENDS_PER_TASK = 5  # DELETE attempts in one delivery before giving the order to the sweeper
 NOT_FOUND_CHECKS = 2  # an unknown id is final only after this many "not found" answers
 REFUSED_OPEN_RETRY_S = 0.5  # a refused cancel on a still-open order (just placed) is retried
-RECHECK_GRACE_S = 30.0  # the sweeper steps in this long after a poll chain went quiet
+SWEEP_SLACK_S = 5.0  # the sweeper steps in this long after redelivery would have
+BACKLOG_SLACK = 1.5  # a QUEUED order is re-sent if it waits 1.5x its expected turn
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +56,23 @@ class Step:
     next: Next
     delay_s: float = 0.0
     record: CancelRecord | None = None
+
+
+def watch_ms(services: Services, expected_s: float) -> int:
+    """When the sweeper must look again at an order whose next step is `expected_s` away.
+
+    Redis's own redelivery (after the visibility timeout) comes first; the sweeper only
+    catches what it cannot: a message lost between BRPOP and the unacked bookkeeping when
+    a worker is killed (celery/celery#7950), or a step whose follow-up was never published.
+    """
+    grace_s = services.settings.visibility_timeout_s + SWEEP_SLACK_S
+    return now_ms() + int((expected_s + grace_s) * 1000)
+
+
+def expected_turn_s(services: Services, backlog: int) -> float:
+    """How long a cancel behind `backlog` others may wait for its DELETE slot."""
+    rate = services.settings.cancel_rate
+    return backlog * rate.period_s / rate.count * BACKLOG_SLACK
 
 
 def _error(code: ErrorCode, message: str) -> dict[str, str]:
@@ -82,6 +101,7 @@ def _record_truth(services: Services, order_id: str, order: dict[str, Any]) -> S
             cancel_accepted=True,
             delete_in_flight=False,
         )
+        store.schedule_check(order_id, watch_ms(services, services.settings.poll_initial_delay_s))
         return Step(Next.POLL, record=record)
     if status == EXCHANGE_OPEN:
         return None
@@ -131,7 +151,9 @@ def execute_cancel(
     store = services.store
     record = store.get(order_id)
     if record is None:
-        record, _ = store.create(order_id, exchange)  # enqueued by name, not by request_cancel
+        # Enqueued by name, not by request_cancel: record it, watched like any other.
+        watch_at = watch_ms(services, expected_turn_s(services, 0))
+        record, _ = store.create(order_id, exchange, watch_at_ms=watch_at)
     if record.is_final:
         return Step(Next.DONE, record=record)
     if record.cancel_accepted:
@@ -342,36 +364,41 @@ def _poll_again(
     if state is OrderState.UNCONFIRMED:
         services.store.schedule_check(order_id, now_ms() + int(delay_s * 1000))
         return Step(Next.DONE)
-    services.store.schedule_check(order_id, now_ms() + int((delay_s + RECHECK_GRACE_S) * 1000))
+    services.store.schedule_check(order_id, watch_ms(services, delay_s))
     return Step(Next.RETRY, delay_s=delay_s)
 
 
 @dataclass(frozen=True)
 class SweepItem:
-    """One order the sweeper hands back to the workers: poll it with this `seq`."""
+    """One order the sweeper hands back to the workers: cancel it again, or poll it."""
 
     order_id: str
     exchange: str
+    action: Next  # RESEND (still QUEUED: its cancel message may be lost) or POLL
     seq: int
 
 
 def sweep(services: Services, *, limit: int) -> list[SweepItem]:
-    """Find orders whose re-check is due; return the polls to enqueue (at most `limit`).
+    """Find orders whose re-check is due; return what to enqueue for each (at most `limit`).
 
-    Due orders are UNCONFIRMED ones (slow re-check) and ones whose poll chain went quiet
-    (a worker died between steps). Each is pushed back one interval so the next sweep does
-    not enqueue it again while its poll is still queued. A poll that finds the order still
-    open with no accepted DELETE sends the cancel again.
+    Due orders are QUEUED ones long past their expected turn, UNCONFIRMED ones (slow
+    re-check) and ones whose poll chain went quiet. Each is pushed back so the next sweep
+    does not enqueue it again while the new message waits. Duplicates are harmless: every
+    step checks the record and its lease first.
     """
     store = services.store
-    at = now_ms()
-    ids = store.due(at, limit)
-    later = at + int(services.settings.recheck_interval_s * 1000)
+    ids = store.due(now_ms(), limit)
+    backlog = int(services.redis.llen(CANCEL_QUEUE))
     items: list[SweepItem] = []
     for order_id, record in zip(ids, store.get_many(ids), strict=True):
         if record is None or record.is_final:
             store.unschedule(order_id)
             continue
-        store.schedule_check(order_id, later)
-        items.append(SweepItem(order_id, record.exchange, record.poll_seq))
+        if record.state is OrderState.QUEUED:
+            store.schedule_check(order_id, watch_ms(services, expected_turn_s(services, backlog)))
+            items.append(SweepItem(order_id, record.exchange, Next.RESEND, record.poll_seq))
+        else:
+            later = now_ms() + int(services.settings.recheck_interval_s * 1000)
+            store.schedule_check(order_id, later)
+            items.append(SweepItem(order_id, record.exchange, Next.POLL, record.poll_seq))
     return items

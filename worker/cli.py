@@ -225,13 +225,15 @@ def _limits(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from worker.log import configure_logging
     from worker.settings import Settings
 
     Settings.from_env().require_credentials()  # fail here, naming the variable, not in a task
+    configure_logging()
     supervisor = stack.Supervisor()
     commands = stack.worker_commands(args.cancel_concurrency, args.poll_concurrency, args.loglevel)
     for name, command in commands.items():
-        supervisor.start(name, command)
+        supervisor.start(name, command, restart=True)
     return supervisor.run_until_stopped()
 
 

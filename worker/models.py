@@ -115,7 +115,7 @@ class CancelRecord:
 
 
 _UUID_RE = re.compile(
-    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
 )
 
 
@@ -123,7 +123,7 @@ def validate_order_id(value: object) -> str:
     """Return the canonical (lowercase) order id, or raise InvalidRequest naming the value."""
     if not isinstance(value, str):
         raise InvalidRequest("order_id", value, f"must be a string, not {type(value).__name__}")
-    if not _UUID_RE.match(value):
+    if not _UUID_RE.fullmatch(value):
         raise InvalidRequest("order_id", value, "must be a UUID like 0193688e-5212-7493-...")
     return value.lower()
 

@@ -13,7 +13,9 @@ from collections.abc import Iterable
 import redis
 from kombu.exceptions import OperationalError
 
+from worker.cancellation import expected_turn_s, watch_ms
 from worker.errors import BrokerUnavailable
+from worker.keys import CANCEL_QUEUE
 from worker.models import DEFAULT_EXCHANGE, CancelRecord, validate_exchange, validate_order_id
 from worker.tasks import cancel_order, get_services
 
@@ -32,9 +34,13 @@ def request_cancels(
     ids = [validate_order_id(order_id) for order_id in order_ids]
     exchange = validate_exchange(exchange)
     unique = list(dict.fromkeys(ids))
-    store = get_services().store
+    services = get_services()
+    store = services.store
     try:
-        records, created = store.create_many(unique, exchange)
+        # Each new order is watched: if its message is ever lost, the sweeper sends it again.
+        backlog = int(services.redis.llen(CANCEL_QUEUE)) + len(unique)
+        due_ms = watch_ms(services, expected_turn_s(services, backlog))
+        records, created = store.create_many(unique, exchange, watch_at_ms=due_ms)
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"Redis unavailable, nothing enqueued: {exc}") from exc
     fresh = [r.order_id for r, made in zip(records, created, strict=True) if made]

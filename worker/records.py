@@ -60,15 +60,21 @@ class RecordStore:
         raws = self.client.mget([self.keys.record(i) for i in ids])
         return [None if raw is None else CancelRecord.from_dict(json.loads(raw)) for raw in raws]
 
-    def create(self, order_id: str, exchange: str) -> tuple[CancelRecord, bool]:
+    def create(
+        self, order_id: str, exchange: str, *, watch_at_ms: int | None = None
+    ) -> tuple[CancelRecord, bool]:
         """Create a QUEUED record unless one exists; return (record, created)."""
-        records, created = self.create_many([order_id], exchange)
+        records, created = self.create_many([order_id], exchange, watch_at_ms=watch_at_ms)
         return records[0], created[0]
 
     def create_many(
-        self, order_ids: list[str], exchange: str
+        self, order_ids: list[str], exchange: str, *, watch_at_ms: int | None = None
     ) -> tuple[list[CancelRecord], list[bool]]:
-        """Create QUEUED records for the ids that have none, in one pipeline."""
+        """Create QUEUED records for the ids that have none, in one transaction.
+
+        With `watch_at_ms`, orders not yet watched by the sweeper are watched from then on,
+        in the same transaction, so no record exists that nothing would ever look at.
+        """
         at = now_ms()
         fresh = [_queued(order_id, exchange, at) for order_id in order_ids]
         pipe = self.client.pipeline(transaction=True)
@@ -79,7 +85,9 @@ class RecordStore:
                 nx=True,
                 ex=self.ttl_s,
             )
-        created = [bool(ok) for ok in pipe.execute()]
+        if watch_at_ms is not None and fresh:
+            pipe.zadd(self.keys.due, {r.order_id: watch_at_ms for r in fresh}, nx=True)
+        created = [bool(ok) for ok in pipe.execute()[: len(fresh)]]
         records: list[CancelRecord] = []
         pairs = list(zip(fresh, created, strict=True))
         existing = iter(self.get_many([r.order_id for r, made in pairs if not made]))
@@ -160,7 +168,12 @@ class RecordStore:
 
     def schedule_check(self, order_id: str, at_ms: int) -> None:
         """Ask the sweeper to look at this order again at `at_ms` (if nothing else does)."""
-        self.client.zadd(self.keys.due, {order_id: at_ms})
+        self.schedule_checks({order_id: at_ms})
+
+    def schedule_checks(self, due: dict[str, int]) -> None:
+        """schedule_check for several orders in one round trip."""
+        if due:
+            self.client.zadd(self.keys.due, due)
 
     def unschedule(self, order_id: str) -> None:
         """Stop watching an order (it is final or gone)."""

@@ -32,9 +32,9 @@ DEFAULT_POLL_DEADLINE_S = 300.0  # active polling gives up after this, then UNCO
 DEFAULT_RECHECK_INTERVAL_S = 60.0  # UNCONFIRMED orders are re-checked this often
 DEFAULT_SWEEP_INTERVAL_S = 5.0  # how often the sweeper looks for due re-checks
 
-_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)\s*$")
+_RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_HEX_KEY_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Rate:
 
 def parse_rate(text: str) -> Rate:
     """Parse `COUNT/PERIOD` (`10/60s`, `10/2s`, `5/500ms`, or Celery's `10/m`)."""
-    match = _RATE_RE.match(text)
+    match = _RATE_RE.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not a rate like 10/60s, 10/2s, 5/500ms or 10/m")
     count, amount, unit = int(match[1]), float(match[2] or 1), match[3]
@@ -102,9 +102,9 @@ class Settings:
         env = os.environ if environ is None else environ
         api_key = env.get("COINSWITCH_API_KEY") or None
         secret = env.get("COINSWITCH_SECRET_KEY") or None
-        if api_key is not None and not _HEX_KEY_RE.match(api_key):
+        if api_key is not None and not _HEX_KEY_RE.fullmatch(api_key):
             raise ConfigError("COINSWITCH_API_KEY", "must be 64 hex characters (an Ed25519 key)")
-        if secret is not None and not _HEX_KEY_RE.match(secret):
+        if secret is not None and not _HEX_KEY_RE.fullmatch(secret):
             # Never echo the value: it is the private key.
             raise ConfigError("COINSWITCH_SECRET_KEY", "must be 64 hex characters (Ed25519 seed)")
         base_url = env.get("COINSWITCH_BASE_URL", DEFAULT_BASE_URL).rstrip("/")

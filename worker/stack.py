@@ -28,6 +28,9 @@ from worker.keys import CANCEL_QUEUE, POLL_QUEUE
 
 STOP_TIMEOUT_S = 15.0  # warm shutdown time before a child is killed
 READY_TIMEOUT_S = 20.0
+RESTART_DELAY_S = 1.0  # before a dead worker is started again
+RESTART_WINDOW_S = 60.0
+MAX_RESTARTS_PER_WINDOW = 5  # more deaths than this in the window stop the whole stack
 DEFAULT_CANCEL_CONCURRENCY = 4  # threads sending DELETEs (they mostly wait for budget)
 DEFAULT_POLL_CONCURRENCY = 8  # threads polling statuses
 DEFAULT_DATA_DIR = ".cancel-worker"
@@ -61,31 +64,70 @@ def worker_commands(
 
 
 @dataclass
-class Supervisor:
-    """Starts children, stops them all when one exits or a stop signal arrives."""
+class Child:
+    """One supervised process and how to start it again."""
 
-    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    args: list[str]
+    env: dict[str, str]
+    restart: bool
+    proc: subprocess.Popen[bytes]
+    restarts: list[float] = field(default_factory=list)  # monotonic times of restarts
+
+
+@dataclass
+class Supervisor:
+    """Starts children; restarts those that may be restarted; stops all on a signal.
+
+    Celery workers are restarted when they die (a Redis outage can make one exit with an
+    "Unrecoverable error" inside kombu); Redis messages they held come back after the
+    visibility timeout. A child that keeps dying, or one not meant to restart, stops all.
+    """
+
+    children: dict[str, Child] = field(default_factory=dict)
     _stopping: bool = False
 
-    def start(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def start(
+        self,
+        name: str,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        restart: bool = False,
+    ) -> None:
         """Start one child process sharing our stdout/stderr."""
-        self.children[name] = subprocess.Popen(list(args), env=dict(env or os.environ))
-        log.info("stack.started", child=name, pid=self.children[name].pid)
+        environment = dict(env or os.environ)
+        proc = subprocess.Popen(list(args), env=environment)
+        self.children[name] = Child(list(args), environment, restart, proc)
+        log.info("stack.started", child=name, pid=proc.pid)
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         self._stopping = True
 
+    def _revive(self, name: str, child: Child) -> bool:
+        """Restart a dead child if it may be restarted and is not crash-looping."""
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+        if not child.restart or len(child.restarts) >= MAX_RESTARTS_PER_WINDOW:
+            return False
+        time.sleep(RESTART_DELAY_S)
+        child.restarts.append(now)
+        child.proc = subprocess.Popen(child.args, env=child.env)
+        log.warning("stack.restarted", child=name, pid=child.proc.pid)
+        return True
+
     def run_until_stopped(self) -> int:
-        """Block until a signal or a child's exit; stop everything; return an exit code."""
+        """Block until a signal or a fatal child exit; stop everything; return an exit code."""
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         code = 0
         try:
             while not self._stopping:
-                for name, proc in self.children.items():
-                    if proc.poll() is not None:
-                        log.error("stack.child_exited", child=name, code=proc.returncode)
+                for name, child in self.children.items():
+                    if child.proc.poll() is None or self._stopping:
+                        continue
+                    log.error("stack.child_exited", child=name, code=child.proc.returncode)
+                    if not self._revive(name, child):
                         code = 1
                         self._stopping = True
                 time.sleep(0.2)
@@ -97,11 +139,12 @@ class Supervisor:
 
     def stop(self) -> None:
         """SIGTERM every child (last started first), then kill what is left after a grace."""
-        for proc in reversed(list(self.children.values())):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        for child in reversed(list(self.children.values())):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        for name, proc in reversed(list(self.children.items())):
+        for name, child in reversed(list(self.children.items())):
+            proc = child.proc
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -224,11 +267,11 @@ def run_stack(options: RunOptions) -> int:
         for name, args in worker_commands(
             options.cancel_concurrency, options.poll_concurrency
         ).items():
-            supervisor.start(name, args, env)
+            supervisor.start(name, args, env, restart=True)
         schedule = options.data_dir / "beat-schedule"
         options.data_dir.mkdir(parents=True, exist_ok=True)
         beat = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-s", str(schedule)]
-        supervisor.start("beat", beat, env)
+        supervisor.start("beat", beat, env, restart=True)
         flower = [
             sys.executable, "-m", "celery", "-A", "worker", "flower",
             "--address=127.0.0.1", f"--port={options.flower_port}",

@@ -222,9 +222,12 @@ def sweep_due() -> int:
     services = get_services()
     items = sweep(services, limit=settings.status_rate.count)
     for item in items:
-        poll_order_status.apply_async(
-            (item.order_id, item.exchange), {"seq": item.seq, "recheck": True}
-        )
+        if item.action is Next.RESEND:
+            cancel_order.apply_async((item.order_id, item.exchange))
+        else:
+            poll_order_status.apply_async(
+                (item.order_id, item.exchange), {"seq": item.seq, "recheck": True}
+            )
     if items:
         log.info("sweep.enqueued", count=len(items))
     return len(items)

@@ -96,6 +96,24 @@ def test_faults_are_fifo_and_per_endpoint(sandbox: SandboxHandle, client: CoinSw
     assert codes == [500, 500, 429, 404]
 
 
+def test_body_fault_answers_the_given_text_after_applying(
+    sandbox: SandboxHandle, client: CoinSwitchClient
+) -> None:
+    """A body fault runs the operation, then answers its own status and text verbatim."""
+    order_id = sandbox.admin.create_order(on_cancel="stick")["order_id"]
+    odd = '{"data": {"status": 7}}'
+    sandbox.admin.inject("cancel", "body", status=200, body=odd, order_id=order_id)
+    response = client.cancel(order_id)
+    assert (response.status_code, response.text) == (200, odd)
+    assert sandbox.admin.order(order_id)["order"]["status"] == "CANCELLATION_RAISED"
+
+
+def test_body_fault_needs_a_body(sandbox: SandboxHandle) -> None:
+    """A body fault without its text is refused by the admin API."""
+    with pytest.raises(requests.HTTPError):
+        sandbox.admin.inject("cancel", "body", status=200)
+
+
 def test_inject_rejects_unknown_kind(sandbox: SandboxHandle) -> None:
     """An unknown fault kind or endpoint is a 422 from the admin API."""
     with pytest.raises(requests.HTTPError):

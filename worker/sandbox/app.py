@@ -243,6 +243,9 @@ class SandboxApp:
         if fault.kind.startswith("timeout"):
             extra["delay_ms"] = cfg.timeout_ms
             return Reply(0, drop=True, **extra)
+        if fault.kind == "body":
+            assert fault.body is not None
+            return Reply(fault.status, raw=fault.body.encode(), **extra)
         if fault.kind == "rate_limited":
             return _message(429, MSG_RATE_LIMITED, **extra)
         if fault.kind == "unauthorized":
@@ -393,6 +396,7 @@ class SandboxApp:
             latency_ms,
             order_id=id_field(body, "order_id"),
             client_order_id=id_field(body, "client_order_id"),
+            body=body["body"] if isinstance(body.get("body"), str) else None,
         )
         queued = self.faults.inject(str(endpoint), fault, count)
         return Reply(200, {"data": {"endpoint": endpoint, "kind": kind, "queued": queued}})

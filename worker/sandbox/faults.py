@@ -23,8 +23,11 @@ FAULT_KINDS: Final = (
     "rate_limited",
     "unauthorized",
     "latency",
+    "body",
 )
-APPLIED_KINDS: Final = frozenset({"error_applied", "timeout_applied", "malformed", "latency"})
+APPLIED_KINDS: Final = frozenset(
+    {"error_applied", "timeout_applied", "malformed", "latency", "body"}
+)
 DEFAULT_FAULT_STATUS: Final = 503  # injected error faults without an explicit status
 RANDOM_ERROR_STATUSES: Final = (500, 502, 503, 504)
 MAX_INJECT_COUNT: Final = 10_000
@@ -39,6 +42,7 @@ class Fault:
     latency_ms: int = 0  # for the latency kind
     order_id: str | None = None  # only a request naming this order consumes it
     client_order_id: str | None = None  # likewise, by client id (place body, status query)
+    body: str | None = None  # for the body kind: sent as-is with `status` (odd shapes, types)
 
     def matches(self, order_id: str | None, client_order_id: str | None) -> bool:
         """Whether a request for these ids may consume this fault."""
@@ -56,7 +60,10 @@ class Fault:
         """Reject unknown kinds and impossible statuses, naming the field."""
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"invalid kind: {self.kind!r}")
-        if not 500 <= self.status <= 599:
+        if self.kind == "body":
+            if self.body is None or not 100 <= self.status <= 599:
+                raise ValueError("invalid body fault: needs `body` text and a valid `status`")
+        elif not 500 <= self.status <= 599:
             raise ValueError(f"invalid status: {self.status!r} (must be 5xx)")
         if self.latency_ms < 0:
             raise ValueError(f"invalid latency_ms: {self.latency_ms!r}")
