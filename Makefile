@@ -25,3 +25,19 @@ run: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks (issue 7): `bench` writes BENCHMARKS.md and benchmarks/plot.png; `bench-smoke`
+# runs the same code on small samples (into a temp dir) and fails only if the bench breaks.
+.PHONY: bench bench-smoke
+
+$(VENV)/.bench-installed: $(BIN)/cancel-worker pyproject.toml
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks
+
+bench-smoke: $(VENV)/.bench-installed
+	$(BIN)/ruff check benchmarks
+	$(BIN)/ruff format --check benchmarks
+	$(BIN)/python -m benchmarks --smoke

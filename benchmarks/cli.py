@@ -1,0 +1,173 @@
+"""Run every benchmark (each in its own process), print the tables, write the report.
+
+Exit status: 0 when every benchmark ran (a goal may still be MISSED), 1 when a benchmark
+itself broke (an error, a timeout) or the report could not be written, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.common import ROOT, say
+
+#: Benchmarks in run order, with (full, smoke) time limits in seconds.
+BENCHMARKS: dict[str, tuple[float, float]] = {
+    "budget": (360.0, 120.0),
+    "pipeline": (300.0, 90.0),
+    "producer": (180.0, 60.0),
+}
+TERM_GRACE_S = 40.0  # a benchmark told to stop gets this long to stop its own workers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m benchmarks`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run cancel-worker's benchmarks against the sandbox (issue 7) and write "
+        "BENCHMARKS.md, benchmarks/plot.png and benchmarks/results.json (the raw figures); "
+        "with --smoke, into a temporary directory.",
+    )
+    parser.add_argument("--smoke", action="store_true", help="small, CI-sized samples")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="write BENCHMARKS.md, plot.png and results.json here",
+    )
+    parser.add_argument(
+        "--only", action="append", choices=sorted(BENCHMARKS), help="run only these (repeatable)"
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: rewrite the report and plot from a saved results.json",
+    )
+    args = parser.parse_args(argv)
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        md_path, plot_path = args.out_dir / "BENCHMARKS.md", args.out_dir / "plot.png"
+    elif args.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix="cw-bench-smoke-"))
+        md_path, plot_path = tmp / "BENCHMARKS.md", tmp / "plot.png"
+    else:
+        md_path, plot_path = ROOT / "BENCHMARKS.md", ROOT / "benchmarks" / "plot.png"
+
+    if args.render is not None:
+        run = json.loads(args.render.read_text())
+    else:
+        run = _measure(args.only or list(BENCHMARKS), smoke=args.smoke)
+        plot_path.with_name("results.json").write_text(json.dumps(run, indent=1) + "\n")
+    errors: dict[str, str] = dict(run["errors"])
+    _print_tables(run["results"])
+    try:
+        report.plot(run["results"], plot_path)
+        link = os.path.relpath(plot_path, md_path.parent)
+        md_path.write_text(report.markdown(run, plot_link=link))
+    except Exception as exc:  # the report is part of the bench: breaking it fails the run
+        errors["report"] = f"{type(exc).__name__}: {exc}"
+    print()
+    print(f"wrote {md_path} and {plot_path}; the run took {sum(run['durations'].values()):.0f} s")
+    if errors:
+        for name, message in errors.items():
+            print(f"BENCHMARK BROKEN: {name}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _measure(names: list[str], *, smoke: bool) -> dict[str, Any]:
+    """Run the benchmarks one after another; return the run: figures, errors, conditions."""
+    work_dir = Path(tempfile.mkdtemp(prefix="cw-bench-"))
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    durations: dict[str, float] = {}
+    conditions: dict[str, dict[str, float]] = {}
+    for name in names:
+        full_s, smoke_s = BENCHMARKS[name]
+        others = report.other_processes()
+        if others:
+            say(f"{name}: note: {others} other Celery / pytest processes are running")
+        conditions[name] = {"load_before": os.getloadavg()[0], "others": others}
+        started = time.monotonic()
+        say(f"{name}: starting ({'smoke' if smoke else 'full'})")
+        try:
+            results[name] = _run_child(name, smoke, work_dir, smoke_s if smoke else full_s)
+        except _ChildFailed as exc:
+            errors[name] = str(exc)
+            say(f"{name}: FAILED: {exc}")
+        durations[name] = time.monotonic() - started
+        conditions[name]["load_after"] = os.getloadavg()[0]
+        say(f"{name}: done in {durations[name]:.1f} s")
+    return {
+        "smoke": smoke,
+        "machine": report.machine(),
+        "durations": durations,
+        "conditions": conditions,
+        "errors": errors,
+        "results": results,
+    }
+
+
+def _print_tables(results: dict[str, Any]) -> None:
+    print()
+    print(report.text_table(report.GOAL_HEADERS, report.goal_rows(report.goals(results))))
+    if "budget" in results:
+        print()
+        print(report.text_table(report.BUDGET_HEADERS, report.budget_rows(results["budget"])))
+    print()
+    print(report.text_table(report.DETAIL_HEADERS, report.detail_rows(results)))
+
+
+class _ChildFailed(Exception):
+    """A benchmark process failed, timed out or wrote no figures."""
+
+
+def _run_child(name: str, smoke: bool, work_dir: Path, timeout_s: float) -> dict[str, Any]:
+    """Run one benchmark in its own process group; stop the whole group if it overruns."""
+    out = work_dir / f"{name}.json"
+    log_dir = work_dir / name
+    args = [
+        sys.executable, "-m", "benchmarks.child", name,
+        "--out", str(out), "--log-dir", str(log_dir),
+    ]  # fmt: skip
+    if smoke:
+        args.append("--smoke")
+    proc = subprocess.Popen(args, cwd=ROOT, start_new_session=True)
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        raise _ChildFailed(f"timed out after {timeout_s:g} s (logs in {log_dir})") from None
+    except BaseException:
+        _stop_group(proc)
+        raise
+    if code != 0:
+        raise _ChildFailed(f"exited with {code} (logs in {log_dir})")
+    try:
+        result: dict[str, Any] = json.loads(out.read_text())
+    except (OSError, ValueError) as exc:
+        raise _ChildFailed(f"wrote no figures: {exc}") from None
+    return result
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the benchmark (it stops its workers), then SIGKILL its process group."""
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=TERM_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the group this run started: workers, redis
+    proc.wait(timeout=10)
