@@ -87,8 +87,8 @@ def redis_server(*, appendonly: bool = False, port: int | None = None) -> Iterat
     """Run redis-server from PATH on a free port in a temp dir; yield its URL; stop it after."""
     with tempfile.TemporaryDirectory(prefix="cw-redis-") as data_dir:
         server = RedisServer(Path(data_dir), port=port, appendonly=appendonly)
-        server.start()
         try:
+            server.start()
             yield server.url
         finally:
             server.stop()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.conftest import wait_for
 from worker.celery_app import app
@@ -140,3 +141,35 @@ def test_polls_share_the_status_budget_without_429(workers: Path, exchange: Sand
     assert exchange.admin.stats()["endpoints"]["status"]["rate_limited"] == before
     polls = arrivals(exchange, "status", started_ms)
     assert strict_window_max(polls, STATUS_PERIOD_MS) <= STATUS_LIMIT
+
+
+def test_long_waits_are_not_redelivered_and_do_not_spin(
+    own_workers: Callable[..., Any], exchange: SandboxHandle, log_dir: Path, redis_url: str
+) -> None:
+    """Cancels that wait longer than the visibility timeout for budget are not handed out
+    twice (their holders keep them alive), and waiting costs Redis almost nothing."""
+    slow = {"COINSWITCH_CANCEL_RATE_LIMIT": "1/1s"}  # 12 holders: the last waits ~12 s
+    for i in range(FLEET_SIZE):
+        own_workers(f"slow{i}", queues=CANCEL_QUEUE, extra_env=slow)
+    own_workers("slowpolls", queues=POLL_QUEUE, extra_env=slow)
+    order_ids = place_many(exchange, 20)
+    request_cancels(order_ids)
+
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: sum(bool(r and r.attempts) for r in get_records(order_ids)) >= 3, 20, "sends")
+    before, started = client.info("stats")["total_commands_processed"], time.monotonic()
+    time.sleep(3.0)  # a sample of the steady waiting state, not a wait for a condition
+    per_s = (client.info("stats")["total_commands_processed"] - before) / (
+        time.monotonic() - started
+    )
+    wait_all_final(order_ids, 60)
+
+    assert per_s < 300, f"{per_s:.0f} Redis commands/s while waiting"
+    received: dict[str, int] = {}
+    for i in range(FLEET_SIZE):
+        for line in (log_dir / f"slow{i}.log").read_text().splitlines():
+            if "cancel_worker.cancel_order[" in line and "] received" in line:
+                task_id = line.split("cancel_order[", 1)[1].split("]", 1)[0]
+                received[task_id] = received.get(task_id, 0) + 1
+    assert len(received) == 20 and set(received.values()) == {1}
+    assert all(exchange.admin.order(i)["cancel_requests"] == 1 for i in order_ids)

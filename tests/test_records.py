@@ -55,3 +55,18 @@ def test_final_write_unschedules_recheck(redis_client: redis.Redis) -> None:
     assert store.due(10**15, 10) == [ORDER_ID]
     store.transition(ORDER_ID, OrderState.CANCELLED)
     assert store.due(10**15, 10) == []
+
+
+def test_create_many_counts_and_watches_only_new_records(redis_client: redis.Redis) -> None:
+    """Only records that did not exist get a QUEUED event, a count and a sweeper watch."""
+    store = make_store(redis_client)
+    other = "11111111-2222-4333-8444-555555555555"
+    store.create(ORDER_ID, "EXCHANGE_2")
+    store.transition(ORDER_ID, OrderState.CANCELLED)
+    records, created = store.create_many([ORDER_ID, other], "EXCHANGE_2", watch_at_ms=5)
+    assert created == [False, True]
+    assert records[0].state is OrderState.CANCELLED and records[1].state is OrderState.QUEUED
+    assert store.due(10**15, 10) == [other]
+    assert store.state_counts() == {"QUEUED": 1, "CANCELLED": 1}
+    events = [f["order_id"] for _, f in redis_client.xrange(Keys("t").events)]
+    assert events.count(ORDER_ID) == 2 and events.count(other) == 1

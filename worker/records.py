@@ -22,6 +22,29 @@ DEFAULT_EVENTS_MAXLEN = 100_000  # approximate cap of the event stream (entries)
 #: Upper bounds (seconds) of the request → final histogram that metrics expose.
 TIME_TO_FINAL_BUCKETS_S = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 
+#: Create the records that do not exist yet, each with its QUEUED event, count and watch.
+#: KEYS: [1] events stream, [2] state counts hash, [3] due zset, [4..] record keys
+#: ARGV: [1] TTL s, [2] watch-at ms or "", [3] events maxlen, [4] exchange, [5] now ms,
+#:       then (order_id, record JSON) for each record key in order
+#: Returns: a list of 1 (created) / 0 (existed), one per record key.
+CREATE_LUA = """
+local created = {}
+for i = 4, #KEYS do
+  local n = (i - 4) * 2
+  local order_id, body = ARGV[6 + n], ARGV[7 + n]
+  if redis.call('SET', KEYS[i], body, 'NX', 'EX', tonumber(ARGV[1])) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'order_id', order_id,
+      'exchange', ARGV[4], 'state', 'QUEUED', 'previous', '', 'at', ARGV[5], 'error_code', '')
+    redis.call('HINCRBY', KEYS[2], 'QUEUED', 1)
+    if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), order_id) end
+    created[#created + 1] = 1
+  else
+    created[#created + 1] = 0
+  end
+end
+return created
+"""
+
 #: A change to a record: return the record to store, or None to leave it as it is.
 Change = Callable[[CancelRecord], CancelRecord | None]
 
@@ -46,6 +69,7 @@ class RecordStore:
         self.keys = keys
         self.ttl_s = ttl_s
         self.events_maxlen = events_maxlen
+        self._create = client.register_script(CREATE_LUA)
 
     def get(self, order_id: str) -> CancelRecord | None:
         """The record of one order, or None if nobody asked to cancel it (or it expired)."""
@@ -70,35 +94,36 @@ class RecordStore:
     def create_many(
         self, order_ids: list[str], exchange: str, *, watch_at_ms: int | None = None
     ) -> tuple[list[CancelRecord], list[bool]]:
-        """Create QUEUED records for the ids that have none, in one transaction.
+        """Create QUEUED records for the ids that have none, atomically, in one round trip.
 
-        With `watch_at_ms`, orders not yet watched by the sweeper are watched from then on,
-        in the same transaction, so no record exists that nothing would ever look at.
+        Each new record gets its QUEUED event and state count in the same script, and with
+        `watch_at_ms` the sweeper watches it from then on, so no record exists that nothing
+        would ever look at. Existing records are returned as they are.
         """
         at = now_ms()
         fresh = [_queued(order_id, exchange, at) for order_id in order_ids]
-        pipe = self.client.pipeline(transaction=True)
-        for record in fresh:
-            pipe.set(
-                self.keys.record(record.order_id),
-                json.dumps(record.to_dict()),
-                nx=True,
-                ex=self.ttl_s,
-            )
-        if watch_at_ms is not None and fresh:
-            pipe.zadd(self.keys.due, {r.order_id: watch_at_ms for r in fresh}, nx=True)
-        created = [bool(ok) for ok in pipe.execute()[: len(fresh)]]
-        records: list[CancelRecord] = []
+        if not fresh:
+            return [], []
+        flags = self._create(
+            keys=[
+                self.keys.events,
+                self.keys.state_counts,
+                self.keys.due,
+                *(self.keys.record(r.order_id) for r in fresh),
+            ],
+            args=[
+                self.ttl_s,
+                "" if watch_at_ms is None else watch_at_ms,
+                self.events_maxlen,
+                exchange,
+                at,
+                *(item for r in fresh for item in (r.order_id, json.dumps(r.to_dict()))),
+            ],
+        )
+        created = [bool(flag) for flag in flags]
         pairs = list(zip(fresh, created, strict=True))
         existing = iter(self.get_many([r.order_id for r, made in pairs if not made]))
-        for record, was_created in pairs:
-            if was_created:
-                self._publish(record, previous=None)
-                self.client.hincrby(self.keys.state_counts, record.state.value, 1)
-                records.append(record)
-            else:
-                found = next(existing)
-                records.append(found if found is not None else record)
+        records = [r if made else (next(existing) or r) for r, made in pairs]
         return records, created
 
     def delete(self, order_id: str) -> None:

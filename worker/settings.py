@@ -32,7 +32,7 @@ DEFAULT_POLL_DEADLINE_S = 300.0  # active polling gives up after this, then UNCO
 DEFAULT_RECHECK_INTERVAL_S = 60.0  # UNCONFIRMED orders are re-checked this often
 DEFAULT_SWEEP_INTERVAL_S = 5.0  # how often the sweeper looks for due re-checks
 
-_RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)\s*")
+_RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -54,11 +54,14 @@ class Rate:
 
 
 def parse_rate(text: str) -> Rate:
-    """Parse `COUNT/PERIOD` (`10/60s`, `10/2s`, `5/500ms`, or Celery's `10/m`)."""
-    match = _RATE_RE.fullmatch(text)
-    if not match:
+    """Parse `COUNT/PERIOD` (`10/60s`, `10/2s`, `5/500ms`, Celery's `10/m`; bare = seconds).
+
+    The one rate grammar of the project: the worker's settings and the sandbox's flags.
+    """
+    match = _RATE_RE.fullmatch(text) if isinstance(text, str) else None
+    if not match or (match[2] is None and match[3] is None):
         raise ValueError(f"{text!r} is not a rate like 10/60s, 10/2s, 5/500ms or 10/m")
-    count, amount, unit = int(match[1]), float(match[2] or 1), match[3]
+    count, amount, unit = int(match[1]), float(match[2] or 1), match[3] or "s"
     period_s = amount * _UNIT_SECONDS[unit]
     if count < 1 or period_s <= 0:
         raise ValueError(f"{text!r} must allow at least 1 request in a positive period")

@@ -124,8 +124,8 @@ def test_help_lists_every_option() -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--cancel-limit", "ten"], "argument --cancel-limit: invalid rate 'ten'"),
-        (["--status-limit", "10/2x"], "argument --status-limit: invalid rate '10/2x'"),
+        (["--cancel-limit", "ten"], "argument --cancel-limit: 'ten' is not a rate"),
+        (["--status-limit", "10/2x"], "argument --status-limit: '10/2x' is not a rate"),
         (["--api-key", "abc"], "argument --api-key"),
         (["--refuse-status", "500"], "argument --refuse-status"),
         (["--fill-race-rate", "2"], "argument --fill-race-rate"),

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Any, Final
+
+from worker.settings import parse_rate as settings_parse_rate
 
 # Endpoint names used in stats, faults and limits, mapped to (method, path).
 ENDPOINTS: Final[dict[str, tuple[str, str]]] = {
@@ -46,33 +47,14 @@ UNKNOWN_ORDER_STATUSES: Final = (400, 404, 409, 422)
 PARTIAL_CANCEL_STATUSES: Final = ("PARTIALLY_EXECUTED", "CANCELLED")
 RATE_SCOPES: Final = ("key", "ip")
 
-_UNIT_SECONDS: Final[dict[str, float]] = {
-    "ms": 0.001,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-_RATE_RE: Final = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h|d)?\s*$")
-
 
 def parse_rate(text: str) -> tuple[int, float]:
-    """Parse `COUNT/PERIOD` (`10/60s`, `10/500ms`, `10/1m`) or Celery style (`10/m`).
+    """Parse a rate with the project's one grammar (worker.settings.parse_rate).
 
-    Returns (count, period in seconds). A bare number period means seconds.
-    Raises ValueError naming the text, so callers can surface it as-is.
+    Returns (count, period in seconds); raises ValueError quoting the text.
     """
-    match = _RATE_RE.match(text) if isinstance(text, str) else None
-    if match is None or (match.group(2) is None and match.group(3) is None):
-        raise ValueError(
-            f"invalid rate {text!r}: expected COUNT/PERIOD such as 10/60s, 10/500ms, 10/1m or 10/m"
-        )
-    count = int(match.group(1))
-    amount = float(match.group(2)) if match.group(2) is not None else 1.0
-    period_s = amount * _UNIT_SECONDS[match.group(3) or "s"]
-    if count < 1 or period_s <= 0:
-        raise ValueError(f"invalid rate {text!r}: count and period must be positive")
-    return count, period_s
+    rate = settings_parse_rate(text)
+    return rate.count, rate.period_s
 
 
 @dataclass(frozen=True)
