@@ -13,8 +13,8 @@ $(BIN)/cancel-worker: pyproject.toml
 install: $(BIN)/cancel-worker
 
 lint: install
-	$(BIN)/ruff check worker tests
-	$(BIN)/ruff format --check worker tests
+	$(BIN)/ruff check worker tests benchmarks
+	$(BIN)/ruff format --check worker tests benchmarks
 	$(BIN)/mypy
 
 test: install lint

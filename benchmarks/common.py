@@ -21,7 +21,11 @@ from typing import Any
 
 import structlog
 
+from tests.support import wait_for
 from worker.sandbox import SandboxHandle
+from worker.sandbox.stats import strict_window_max
+
+__all__ = ["strict_window_max"]  # re-exported for the benchmarks
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_READY_TIMEOUT_S = 60.0  # 2-core machines start 5 Celery workers slowly
@@ -73,17 +77,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     rank = (len(data) - 1) * q / 100
     low, high = math.floor(rank), math.ceil(rank)
     return data[low] + (data[high] - data[low]) * (rank - low)
-
-
-def strict_window_max(arrivals_ms: Sequence[int], period_ms: int) -> int:
-    """The most arrivals in any window [t, t + period), which is how a strict exchange counts."""
-    times = sorted(arrivals_ms)
-    best, start = 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= period_ms:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def window_series(arrivals_ms: Sequence[int], period_ms: int) -> list[tuple[int, int]]:
@@ -144,14 +137,10 @@ def apply_env(env: Mapping[str, str]) -> None:
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Poll `predicate` until it returns something truthy; BenchError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(0.01)
+    try:
+        return wait_for(predicate, timeout_s, what, interval_s=0.01)
+    except TimeoutError as exc:
+        raise BenchError(str(exc)) from None
 
 
 class Processes:

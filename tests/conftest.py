@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
+from tests import support
 from tests.redis_server import free_port, redis_server
+from tests.support import stop_process
 from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
 
 WORKER_START_TIMEOUT_S = 30.0
-ROOT = Path(__file__).resolve().parent.parent
 
 _GIVEN_REDIS_URL = os.environ.get("REDIS_URL")
 _REDIS_PORT = free_port()
@@ -56,18 +55,6 @@ SANDBOX_CONFIG = SandboxConfig(
     cancel_limit="10/2s",
     status_limit="20/2s",
 )
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -113,17 +100,9 @@ def start_worker(
     beat: bool = False,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start one real Celery worker process (threads pool) with the service environment."""
-    args = [
-        sys.executable, "-m", "celery", "-A", "worker", "worker",
-        "-Q", queues, "-P", "threads", "-c", "4", "-n", f"{name}@%h",
-        "--without-gossip", "--without-mingle", "-l", "INFO",
-    ]  # fmt: skip
-    if beat:
-        args += ["-B", "-s", str(log_dir / f"{name}-beat-schedule")]
-    env = {**os.environ, **SERVICE_ENV, **(extra_env or {})}
-    log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    """Start one real Celery worker with the service environment (plus `extra_env`)."""
+    env = {**SERVICE_ENV, **(extra_env or {})}
+    return support.start_worker(name, log_dir, env, queues=queues, beat=beat)
 
 
 def wait_worker_ready(name: str, proc: subprocess.Popen[bytes]) -> None:
@@ -137,17 +116,6 @@ def wait_worker_ready(name: str, proc: subprocess.Popen[bytes]) -> None:
             pytest.fail(f"worker {name} exited with {proc.returncode} at start-up")
         if time.monotonic() > deadline:
             pytest.fail(f"worker {name} did not answer a ping in {WORKER_START_TIMEOUT_S}s")
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a worker (warm shutdown, then kill) and wait for it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +138,7 @@ def workers(redis_url: str, sandbox: SandboxHandle, log_dir: Path) -> Iterator[P
         wait_worker_ready("test1", proc)
         yield log_dir / "test1.log"
     finally:
-        stop_worker(proc)
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -204,6 +172,6 @@ def own_workers(workers: Path, log_dir: Path) -> Iterator[Callable[..., subproce
         yield start
     finally:
         for proc in started:
-            stop_worker(proc)
+            stop_process(proc)
         for queue in (CANCEL_QUEUE, POLL_QUEUE):
             app.control.add_consumer(queue, destination=session_worker, reply=True)

@@ -20,11 +20,11 @@ from pathlib import Path
 import redis
 
 from tests.redis_server import redis_server
+from tests.support import ROOT, start_worker, stop_process
 from worker.keys import Keys
 from worker.models import CancelRecord
 from worker.sandbox import AdminClient, SandboxConfig, generate_keypair, run_sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CANCEL_LIMIT = "50/1s"
 DEFAULT_STATUS_LIMIT = "100/1s"
 WORKER_CONCURRENCY = 4
@@ -113,7 +113,10 @@ def run_soak(
         sandbox.admin.configure(
             error_rate=error_rate, timeout_rate=timeout_rate, malformed_rate=malformed_rate
         )
-        procs = [_start_worker(f"soak{i}", env, logs, beat=(i == 0)) for i in range(workers)]
+        procs = [
+            start_worker(f"soak{i}", logs, env, concurrency=WORKER_CONCURRENCY, beat=(i == 0))
+            for i in range(workers)
+        ]
         started = time.monotonic()
         try:
             enqueue = subprocess.run(
@@ -131,33 +134,9 @@ def run_soak(
             seconds = time.monotonic() - started
         finally:
             for proc in procs:
-                _stop(proc)
+                stop_process(proc)
         sandbox.admin.configure(error_rate=0.0, timeout_rate=0.0, malformed_rate=0.0)
         return _report(sandbox.admin, order_ids, records, workers, seconds)
-
-
-def _start_worker(
-    name: str, env: dict[str, str], logs: Path, *, beat: bool
-) -> subprocess.Popen[bytes]:
-    args = [
-        sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "cancels,polls",
-        "-P", "threads", "-c", str(WORKER_CONCURRENCY), "-n", f"{name}@%h",
-        "--without-gossip", "--without-mingle", "-l", "INFO",
-    ]  # fmt: skip
-    if beat:
-        args += ["-B", "-s", str(logs / f"{name}-beat")]
-    log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def _wait_final(

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SERVICE_ENV
+from tests.conftest import SERVICE_ENV
+from tests.support import ROOT
 from worker.sandbox import SandboxHandle
 
 pytestmark = pytest.mark.integration

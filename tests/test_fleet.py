@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import wait_for
+from tests.support import wait_for
 from worker.celery_app import app
 from worker.keys import CANCEL_QUEUE, POLL_QUEUE
 from worker.models import OrderState
 from worker.producer import get_records, request_cancels
 from worker.sandbox import SandboxHandle
+from worker.sandbox.stats import strict_window_max
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +26,6 @@ CANCEL_LIMIT, CANCEL_PERIOD_MS = 10, 2000  # the scaled limit of tests/conftest.
 STATUS_LIMIT, STATUS_PERIOD_MS = 20, 2000
 FLEET_SIZE = 3
 VISIBILITY_TIMEOUT_S = 10  # CANCEL_WORKER_VISIBILITY_TIMEOUT_S in tests/conftest.py
-
-
-def strict_window_max(arrivals_ms: list[int], period_ms: int) -> int:
-    """The most arrivals in any window [t, t + period) - how a strict exchange counts."""
-    times = sorted(arrivals_ms)
-    best, start = 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= period_ms:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def test_strict_window_max_counts_like_the_exchange() -> None:

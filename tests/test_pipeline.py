@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import SERVICE_ENV, wait_for
+from tests.conftest import SERVICE_ENV
+from tests.support import wait_for
 from worker.celery_app import CANCEL_TASK, app
 from worker.errors import InvalidRequest
 from worker.keys import CANCEL_QUEUE, Keys

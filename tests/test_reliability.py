@@ -21,9 +21,10 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, SERVICE_ENV, wait_for
+from tests.conftest import SERVICE_ENV
 from tests.redis_server import RedisServer, free_port
 from tests.soak import run_soak
+from tests.support import ROOT, wait_for
 from worker.celery_app import CANCEL_TASK, POLL_TASK, SWEEP_TASK, app
 from worker.cli import main as cli_main
 from worker.errors import InvalidRequest

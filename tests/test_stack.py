@@ -19,8 +19,9 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import ROOT, SERVICE_ENV, wait_for
+from tests.conftest import SERVICE_ENV
 from tests.redis_server import free_port
+from tests.support import ROOT, wait_for
 from worker.sandbox import SandboxHandle
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any, TypeVar
@@ -10,6 +9,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.coinswitch_client import CoinSwitchClient
+from tests.support import wait_for
 from worker.sandbox import SandboxConfig, SandboxHandle, run_sandbox
 
 T = TypeVar("T")
@@ -25,18 +25,6 @@ FAST: dict[str, Any] = {
 }
 
 MakeSandbox = Callable[..., SandboxHandle]
-
-
-def wait_for(check: Callable[[], T | None], timeout_s: float = 5.0, every_s: float = 0.02) -> T:
-    """Poll `check` until it returns something truthy, or fail after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s (last: {value!r})")
-        time.sleep(every_s)
 
 
 @pytest.fixture

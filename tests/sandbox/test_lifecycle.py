@@ -146,7 +146,7 @@ def test_just_placed_cancel_is_refused(make_sandbox: MakeSandbox) -> None:
     client = client_for(handle)
     order_id = handle.admin.create_order()["order_id"]
     assert client.cancel(order_id).status_code == 400
-    wait_for(lambda: client.cancel(order_id).status_code == 200, timeout_s=3, every_s=0.1)
+    wait_for(lambda: client.cancel(order_id).status_code == 200, timeout_s=3, interval_s=0.1)
 
 
 def test_auto_fill_fills_resting_orders(make_sandbox: MakeSandbox) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -73,3 +74,18 @@ class Stats:
                     "arrivals_ms": list(stats.arrivals),
                 }
             return out
+
+
+def strict_window_max(arrivals_ms: Sequence[int], period_ms: int) -> int:
+    """The most arrivals in any window [t, t + period): how a strict exchange counts.
+
+    For offline checks of an arrival list (tests, benchmarks); `max_in_window` is the same
+    figure kept live per bucket.
+    """
+    times = sorted(arrivals_ms)
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= period_ms:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
