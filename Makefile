@@ -38,6 +38,4 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks
 
 bench-smoke: $(VENV)/.bench-installed
-	$(BIN)/ruff check benchmarks
-	$(BIN)/ruff format --check benchmarks
 	$(BIN)/python -m benchmarks --smoke
