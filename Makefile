@@ -2,7 +2,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint check run clean
+.PHONY: install test lint check run clean redis-server
+
+# redis-server must be on PATH (the tests start their own; `run` starts one if needed).
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "make: installing redis-server"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "make: redis-server is needed: sudo apt-get install redis-server" >&2; exit 1; fi; }
 
 $(BIN)/cancel-worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +25,10 @@ lint: install
 	$(BIN)/ruff format --check worker tests benchmarks
 	$(BIN)/mypy
 
-test: install lint
+test: install lint redis-server
 	$(BIN)/pytest
 
-run: install
+run: install redis-server
 	$(BIN)/cancel-worker run
 
 clean:
@@ -34,8 +42,8 @@ $(VENV)/.bench-installed: $(BIN)/cancel-worker pyproject.toml
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $@
 
-bench: $(VENV)/.bench-installed
+bench: $(VENV)/.bench-installed redis-server
 	$(BIN)/python -m benchmarks
 
-bench-smoke: $(VENV)/.bench-installed
+bench-smoke: $(VENV)/.bench-installed redis-server
 	$(BIN)/python -m benchmarks --smoke

@@ -22,6 +22,7 @@ import redis
 from tests.redis_server import redis_server
 from tests.support import ROOT, start_worker, stop_process
 from worker.keys import Keys
+from worker.log import configure_logging
 from worker.models import CancelRecord
 from worker.sandbox import AdminClient, SandboxConfig, generate_keypair, run_sandbox
 
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
+    configure_logging("WARNING")  # the report on stdout; the sandbox's request lines off
     report = run_soak(args.orders, args.workers, seed=args.seed)
     print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
     return 0 if report.ok else 1

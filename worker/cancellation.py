@@ -79,36 +79,27 @@ def _error(code: ErrorCode, message: str) -> dict[str, str]:
     return {"code": code.value, "message": message[:300]}
 
 
-def _final_state(order: dict[str, Any]) -> OrderState:
-    return OrderState(order["status"])
-
-
 def _record_truth(services: Services, order_id: str, order: dict[str, Any]) -> Step | None:
     """Record what a status or cancel answer says; return a Step if it settles this delivery."""
     status = order["status"]
     store = services.store
     if status in EXCHANGE_TERMINAL:
-        record = store.transition(
-            order_id, _final_state(order), order=order, delete_in_flight=False
-        )
+        record = store.transition(order_id, OrderState(status), order=order, delete_in_flight=False)
         log.info("order.final", state=status)
         return Step(Next.DONE, record=record)
-    if status == EXCHANGE_CANCEL_PENDING:
-        record = store.transition(
-            order_id,
-            OrderState.CANCELLATION_RAISED,
-            order=order,
-            cancel_accepted=True,
-            delete_in_flight=False,
-        )
-        store.schedule_check(order_id, watch_ms(services, services.settings.poll_initial_delay_s))
-        return Step(Next.POLL, record=record)
     if status == EXCHANGE_OPEN:
         return None
-    # A status this version does not know: keep the snapshot, keep polling, never guess.
-    log.warning("order.unknown_status", status=status)
-    store.transition(order_id, OrderState.CANCELLATION_RAISED, order=order, delete_in_flight=False)
-    return Step(Next.POLL)
+    if status != EXCHANGE_CANCEL_PENDING:
+        # A status this version does not know: keep the snapshot, keep polling, never guess.
+        log.warning("order.unknown_status", status=status)
+    accepted: dict[str, Any] = (
+        {"cancel_accepted": True} if status == EXCHANGE_CANCEL_PENDING else {}
+    )
+    record = store.transition(
+        order_id, OrderState.CANCELLATION_RAISED, order=order, delete_in_flight=False, **accepted
+    )
+    store.schedule_check(order_id, watch_ms(services, services.settings.poll_initial_delay_s))
+    return Step(Next.POLL, record=record)
 
 
 def _fail(services: Services, order_id: str, code: ErrorCode, exc: Exception) -> Step:
@@ -245,15 +236,18 @@ def _cancel_loop(
         )
         return Step(Next.POLL)
     log.warning("cancel.attempts_exhausted", attempts=record.attempts)
-    return _give_to_sweeper(services, order_id, ErrorCode.EXCHANGE_UNAVAILABLE)
+    return give_to_sweeper(
+        services,
+        order_id,
+        ErrorCode.EXCHANGE_UNAVAILABLE,
+        "active attempts exhausted; re-checking slowly",
+    )
 
 
-def _give_to_sweeper(services: Services, order_id: str, code: ErrorCode) -> Step:
+def give_to_sweeper(services: Services, order_id: str, code: ErrorCode, message: str) -> Step:
     """Mark UNCONFIRMED and let the sweeper re-check slowly; never invent a final state."""
     record = services.store.transition(
-        order_id,
-        OrderState.UNCONFIRMED,
-        error=_error(code, "active attempts exhausted; re-checking slowly"),
+        order_id, OrderState.UNCONFIRMED, error=_error(code, message)
     )
     services.store.schedule_check(
         order_id, now_ms() + int(services.settings.recheck_interval_s * 1000)

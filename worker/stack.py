@@ -210,6 +210,13 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "worker.cli", *args]
 
 
+def _cli_hint() -> str:
+    """How another shell runs this CLI: by name if it is on PATH, else by its full path."""
+    if shutil.which("cancel-worker"):
+        return "cancel-worker"
+    return str(Path(sys.executable).parent / "cancel-worker")
+
+
 def _http_ok(url: str) -> bool:
     import requests
 
@@ -257,7 +264,7 @@ def run_stack(options: RunOptions) -> int:
             lines += [
                 f"Exchange    SANDBOX at {sandbox_url}: no COINSWITCH_API_KEY/SECRET_KEY set,",
                 "            so nothing reaches CoinSwitch. A demo order is open on it:",
-                f"            cancel-worker cancel {demo['order_id']} --wait",
+                f"            {_cli_hint()} cancel {demo['order_id']} --wait",
                 f"            (more: curl -s -XPOST {sandbox_url}/_sandbox/orders "
                 '-d \'{"symbol":"DOGEUSDT","side":"BUY","order_type":"LIMIT",'
                 '"quantity":"1","price":"0.1"}\')',

@@ -6,6 +6,7 @@ unexpected error still leaves a record: the order goes UNCONFIRMED and the sweep
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -17,14 +18,20 @@ import structlog
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError
 
-from worker.cancellation import Next, Step, execute_cancel, execute_poll, sweep
+from worker.cancellation import (
+    Next,
+    Step,
+    execute_cancel,
+    execute_poll,
+    give_to_sweeper,
+    sweep,
+)
 from worker.celery_app import CANCEL_TASK, POLL_TASK, SWEEP_TASK, app, fleet_rates, settings
 from worker.errors import InvalidRequest
 from worker.keys import KOMBU_UNACKED_INDEX
 from worker.models import (
     DEFAULT_EXCHANGE,
     ErrorCode,
-    OrderState,
     validate_exchange,
     validate_order_id,
 )
@@ -110,21 +117,14 @@ def _dead_letter(task: Any, exc: InvalidRequest) -> None:
         "error": str(exc),
         "at": now_ms(),
     }
-    services.redis.rpush(
-        services.keys.dead_letters, structlog.processors.JSONRenderer()(None, "", entry)
-    )
+    services.redis.rpush(services.keys.dead_letters, json.dumps(entry))
     log.error("task.dead_letter", **entry)
 
 
 def _unexpected(services: Services, order_id: str, exc: Exception) -> None:
     """Record an unexpected failure so the order is never left without a record."""
     log.exception("task.unexpected_error", error=str(exc))
-    services.store.transition(
-        order_id,
-        OrderState.UNCONFIRMED,
-        error={"code": ErrorCode.INTERNAL.value, "message": f"{type(exc).__name__}: {exc}"[:300]},
-    )
-    services.store.schedule_check(order_id, now_ms() + int(settings.recheck_interval_s * 1000))
+    give_to_sweeper(services, order_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 def _enqueue_poll(order_id: str, exchange: str, seq: int, delay_s: float) -> None:
