@@ -88,6 +88,21 @@ def test_fleet_drains_backlog_exactly_and_fully(fleet: list[Any], exchange: Sand
     utilisation = achieved_per_ms / (CANCEL_LIMIT / CANCEL_PERIOD_MS)
     assert utilisation >= 0.95, f"utilisation {utilisation:.3f}"
 
+    # Fair: slots are booked first come, first served, so no cancel is overtaken by more
+    # than the fleet's 12 concurrent holders (3 workers x 4 threads).
+    raised_at = {
+        order_id: next(
+            h["at"] for h in exchange.admin.order(order_id)["history"]
+            if h["status"] == "CANCELLATION_RAISED"
+        )
+        for order_id in order_ids
+    }  # fmt: skip
+    sent_rank = {
+        order_id: rank for rank, order_id in enumerate(sorted(order_ids, key=raised_at.get))
+    }
+    displacement = max(abs(sent_rank[o] - i) for i, o in enumerate(order_ids))
+    assert displacement <= FLEET_SIZE * 4
+
 
 def test_killed_worker_loses_no_cancel(fleet: list[Any], exchange: SandboxHandle) -> None:
     """SIGKILL a worker holding cancels: every order still ends final with one DELETE."""
