@@ -9,6 +9,7 @@ and the metrics endpoint. Ctrl-C or SIGTERM stops every child, then waits for ea
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -246,9 +247,14 @@ def run_stack(options: RunOptions) -> int:
         if not (env.get("COINSWITCH_API_KEY") and env.get("COINSWITCH_SECRET_KEY")):
             api_key, secret_key = generate_keypair()
             sandbox_url = f"http://127.0.0.1:{options.sandbox_port}"
+            # A fresh seed per start: sandbox order ids must not repeat ids that records
+            # of an earlier run (kept in a persistent Redis) already describe.
+            sandbox_args = _cli(
+                "sandbox", "--port", str(options.sandbox_port), "--api-key", api_key
+            )
             supervisor.start(
                 "sandbox",
-                _cli("sandbox", "--port", str(options.sandbox_port), "--api-key", api_key),
+                [*sandbox_args, "--seed", str(secrets.randbits(32))],
             )
             env.update(
                 COINSWITCH_BASE_URL=sandbox_url,
