@@ -90,7 +90,6 @@ class ExchangeClient:
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         status = response.status_code
         log.info("exchange.response", http_status=status, latency_ms=latency_ms, **context)
-        message = _message(response)
         if status == 200:
             try:
                 parsed = response.json()
@@ -103,6 +102,7 @@ class ExchangeClient:
                     f"{endpoint}: body is not an object", status_code=status, **context
                 )
             return parsed
+        message = _message(response)
         if status in (401, 403):
             raise AuthError(f"{endpoint}: {status} {message}", status_code=status, **context)
         if status == 429:
