@@ -120,6 +120,8 @@ class Limiter:
         started = time.monotonic()
         while True:
             wait_s = self.reserve(endpoint)
+            if wait_s <= 0:
+                return time.monotonic() - started  # booked now: any pause was already counted
             while wait_s > 0:
                 step = min(wait_s, HEARTBEAT_INTERVAL_S)
                 sleep(step)
