@@ -24,10 +24,11 @@ from worker.errors import (
     Refused,
 )
 from worker.models import normalise_order
+from worker.settings import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S
 from worker.signing import Signer
 
 ORDER_PATH = "/trade/api/v2/futures/order"
-DEFAULT_TIMEOUT_S = (3.05, 10.0)  # (connect, read)
+DEFAULT_TIMEOUT_S = (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S)
 
 log = structlog.get_logger(__name__)
 

@@ -127,15 +127,15 @@ def _unexpected(services: Services, order_id: str, exc: Exception) -> None:
     give_to_sweeper(services, order_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
-def _enqueue_poll(order_id: str, exchange: str, seq: int, delay_s: float) -> None:
-    poll_order_status.apply_async((order_id, exchange), {"seq": seq}, countdown=delay_s)
-
-
 def _follow(task: Any, step: Step, message: Message) -> None:
     """Do what a Step asks: start polling, re-send the cancel, or run this task again."""
     if step.next is Next.POLL:
         record_seq = step.record.poll_seq if step.record is not None else 0
-        _enqueue_poll(message.order_id, message.exchange, record_seq, settings.poll_initial_delay_s)
+        poll_order_status.apply_async(
+            (message.order_id, message.exchange),
+            {"seq": record_seq},
+            countdown=settings.poll_initial_delay_s,
+        )
     elif step.next is Next.RESEND:
         cancel_order.apply_async((message.order_id, message.exchange))
     elif step.next is Next.RETRY:
