@@ -70,3 +70,19 @@ def test_create_many_counts_and_watches_only_new_records(redis_client: redis.Red
     assert store.state_counts() == {"QUEUED": 1, "CANCELLED": 1}
     events = [f["order_id"] for _, f in redis_client.xrange(Keys("t").events)]
     assert events.count(ORDER_ID) == 2 and events.count(other) == 1
+
+
+def test_discard_queued_undoes_create_but_keeps_records_under_way(
+    redis_client: redis.Redis,
+) -> None:
+    """discard_queued removes QUEUED records with their count and watch; a record a worker
+    has moved on stays."""
+    store = make_store(redis_client)
+    other = "11111111-2222-4333-8444-555555555555"
+    store.create_many([ORDER_ID, other], "EXCHANGE_2", watch_at_ms=5)
+    store.transition(other, OrderState.CANCELLATION_RAISED)
+    assert store.discard_queued([ORDER_ID, other]) == 1
+    assert store.get(ORDER_ID) is None
+    assert store.get(other) is not None
+    assert store.due(10**15, 10) == [other]
+    assert store.state_counts() == {"QUEUED": 0, "CANCELLATION_RAISED": 1}

@@ -45,6 +45,25 @@ end
 return created
 """
 
+#: Undo CREATE_LUA for records still QUEUED (their cancel was never enqueued); a record a
+#: worker has already moved on is kept, since its cancel is under way.
+#: KEYS: [1] state counts hash, [2] due zset, [3..] record keys
+#: ARGV: the order id of each record key, in order
+#: Returns: how many records were removed.
+DISCARD_LUA = """
+local removed = 0
+for i = 3, #KEYS do
+  local body = redis.call('GET', KEYS[i])
+  if body and cjson.decode(body)['state'] == 'QUEUED' then
+    redis.call('DEL', KEYS[i])
+    redis.call('ZREM', KEYS[2], ARGV[i - 2])
+    removed = removed + 1
+  end
+end
+if removed > 0 then redis.call('HINCRBY', KEYS[1], 'QUEUED', -removed) end
+return removed
+"""
+
 #: A change to a record: return the record to store, or None to leave it as it is.
 Change = Callable[[CancelRecord], CancelRecord | None]
 
@@ -70,6 +89,7 @@ class RecordStore:
         self.ttl_s = ttl_s
         self.events_maxlen = events_maxlen
         self._create = client.register_script(CREATE_LUA)
+        self._discard = client.register_script(DISCARD_LUA)
 
     def get(self, order_id: str) -> CancelRecord | None:
         """The record of one order, or None if nobody asked to cancel it (or it expired)."""
@@ -126,9 +146,15 @@ class RecordStore:
         records = [r if made else (next(existing) or r) for r, made in pairs]
         return records, created
 
-    def delete(self, order_id: str) -> None:
-        """Remove a record that was created but could not be enqueued."""
-        self.client.delete(self.keys.record(order_id))
+    def discard_queued(self, order_ids: list[str]) -> int:
+        """Remove the QUEUED records of cancels that could not be enqueued; return how many.
+
+        Their counts and sweeper watches go too, so a later request creates them afresh.
+        """
+        if not order_ids:
+            return 0
+        keys = [self.keys.state_counts, self.keys.due, *map(self.keys.record, order_ids)]
+        return int(self._discard(keys=keys, args=order_ids))
 
     def update(self, order_id: str, change: Change) -> CancelRecord | None:
         """Apply `change` atomically; publish an event if the state moved; return the result."""
