@@ -1,6 +1,7 @@
 """The fleet limiter on a real Redis: never more than N in a window, and no slot left idle."""
 
 import threading
+import time
 
 import redis
 
@@ -82,3 +83,20 @@ def test_acquire_waits_and_beats(redis_client: redis.Redis) -> None:
     limiter.acquire("cancel", heartbeat=lambda: beats.append(1), sleep=slept.append)
     assert 0.2 <= sum(slept) <= 0.3
     assert beats
+
+
+def test_late_wake_books_a_new_slot(redis_client: redis.Redis) -> None:
+    """A caller that wakes well past its slot (a busy CPU) does not send on it: it books a new
+    slot, and the missed one stays booked, so the window still holds at most N."""
+    limiter = make_limiter(redis_client, Rate(1, 0.2), margin_ms=40)
+    oversleep = [0.1]  # the first wake-up comes 100 ms late, more than half the margin
+
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds + (oversleep.pop() if oversleep else 0.0))
+
+    limiter.acquire("cancel")
+    waited = limiter.acquire("cancel", sleep=sleep)
+    assert limiter.usage("cancel").granted == 3  # the first send, the missed slot, a new one
+    missed, used = booked(redis_client)  # (the first send has left the window)
+    assert used - missed >= limiter.window_ms("cancel")
+    assert waited >= 2 * limiter.window_ms("cancel") / 1000 - 0.01

@@ -187,13 +187,15 @@ def _cancel_loop(
                 )
             if settled is not None:
                 return settled
-        services.limiter.acquire(CANCEL, heartbeat=beat)
+        # Marked in flight before the wait, so only signing stands between the booked slot
+        # and the send: a send that lands late crowds the sends booked one window later.
         updated = store.transition(
             order_id, record.state, attempts=record.attempts + 1, delete_in_flight=True
         )
         if updated is None or updated.is_final:
             return Step(Next.DONE, record=updated)
         record = updated
+        services.limiter.acquire(CANCEL, heartbeat=beat)
         try:
             order = services.exchange.cancel_order(order_id, exchange)
         except OutcomeUnknown as exc:

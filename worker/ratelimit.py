@@ -17,12 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+import structlog
 
 from worker.keys import Keys
 from worker.settings import Rate
 
 HEARTBEAT_INTERVAL_S = 5.0  # while waiting for a slot, tell the broker we are alive this often
+#: A caller that wakes later than this share of the margin after its slot books a new one:
+#: sent that late, it would land too close to the sends booked a window after its slot.
+LATE_WAKE_MARGIN_SHARE = 0.5
 STATS_TTL_S = 7 * 24 * 3600
+
+log = structlog.get_logger(__name__)
 
 #: Book the next send time of one bucket.
 #: KEYS: [1] schedule zset (member → booked ms), [2] pause key, [3] stats hash
@@ -114,21 +120,27 @@ class Limiter:
     ) -> float:
         """Book a slot and wait for it (calling `heartbeat` while waiting); return seconds waited.
 
-        If a 429 paused the bucket while we waited, the booked slot is given up and a new one
-        is booked after the pause.
+        If a 429 paused the bucket while we waited, or this process woke too late (a busy
+        CPU), the booked slot is given up (it still counts, so the window stays safe) and a
+        new one is booked.
         """
         started = time.monotonic()
+        late_s = self.margin_ms / 1000 * LATE_WAKE_MARGIN_SHARE
         while True:
             wait_s = self.reserve(endpoint)
             if wait_s <= 0:
                 return time.monotonic() - started  # booked now: any pause was already counted
+            slot = time.monotonic() + wait_s
             while wait_s > 0:
                 step = min(wait_s, HEARTBEAT_INTERVAL_S)
                 sleep(step)
                 wait_s -= step
                 if heartbeat is not None:
                     heartbeat()
-            if self.paused_ms(endpoint) <= 0:
+            woke_late_s = time.monotonic() - slot
+            if woke_late_s > late_s:
+                log.warning("limiter.late_wake", endpoint=endpoint, late_ms=woke_late_s * 1000)
+            elif self.paused_ms(endpoint) <= 0:
                 return time.monotonic() - started
 
     def paused_ms(self, endpoint: str) -> int:
