@@ -436,7 +436,10 @@ def markdown(run: dict[str, Any], *, plot_link: str) -> str:
         "cancel 200 ms after accepting it; the worker's first poll comes "
         "`CANCEL_WORKER_POLL_INITIAL_DELAY_S` (default 0.5 s) after the DELETE, which sets "
         "the floor. The 30-order burst shares the 20/2s status budget.",
-        "- Producer: one process, no worker running, fresh Redis. Memory: INFO `used_memory` "
+        "- Producer: one process, no worker running, fresh Redis. A request is three Redis "
+        "round trips: LLEN of the queue, one Lua call that creates its records, and one "
+        "pipeline with its messages and their task-sent events (kombu's `Producer.batch()`, "
+        "flushed every 1,000 commands). Memory: INFO `used_memory` "
         "before and after enqueuing N cancels in batches of 500, then after deleting the "
         "broker queue (the difference is the queued messages; what stays is the records, "
         "each with its QUEUED event in `cw:events`). A final record grows with its order "
