@@ -6,7 +6,7 @@ import time
 import redis
 
 from worker.keys import Keys
-from worker.ratelimit import Limiter
+from worker.ratelimit import MAX_LATE_REBOOKS, Limiter
 from worker.settings import Rate
 
 API_KEY = "ab" * 32
@@ -100,3 +100,16 @@ def test_late_wake_books_a_new_slot(redis_client: redis.Redis) -> None:
     missed, used = booked(redis_client)  # (the first send has left the window)
     assert used - missed >= limiter.window_ms("cancel")
     assert waited >= 2 * limiter.window_ms("cancel") / 1000 - 0.01
+
+
+def test_late_wakes_give_up_rebooking_after_a_bound(redis_client: redis.Redis) -> None:
+    """On a machine that always wakes late, acquire books at most MAX_LATE_REBOOKS new slots
+    and then returns, instead of spending the budget on slots nobody uses."""
+    limiter = make_limiter(redis_client, Rate(1, 0.1), margin_ms=20)
+
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds + 0.05)  # every wake-up 50 ms late, more than half the margin
+
+    limiter.acquire("cancel")
+    limiter.acquire("cancel", sleep=sleep)
+    assert limiter.usage("cancel").granted == 2 + MAX_LATE_REBOOKS

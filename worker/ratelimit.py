@@ -26,6 +26,9 @@ HEARTBEAT_INTERVAL_S = 5.0  # while waiting for a slot, tell the broker we are a
 #: A caller that wakes later than this share of the margin after its slot books a new one:
 #: sent that late, it would land too close to the sends booked a window after its slot.
 LATE_WAKE_MARGIN_SHARE = 0.5
+#: New slots booked for late wake-ups in one acquire; then it sends late rather than spend
+#: more of the budget on slots nobody uses (a machine this overloaded needs a larger margin).
+MAX_LATE_REBOOKS = 2
 STATS_TTL_S = 7 * 24 * 3600
 
 log = structlog.get_logger(__name__)
@@ -126,19 +129,21 @@ class Limiter:
         """
         started = time.monotonic()
         late_s = self.margin_ms / 1000 * LATE_WAKE_MARGIN_SHARE
+        rebooks = 0
         while True:
             wait_s = self.reserve(endpoint)
             if wait_s <= 0:
                 return time.monotonic() - started  # booked now: any pause was already counted
             slot = time.monotonic() + wait_s
-            while wait_s > 0:
+            while wait_s > 0:  # beat before each sleep, so no round trip follows the last one
+                if heartbeat is not None:
+                    heartbeat()
                 step = min(wait_s, HEARTBEAT_INTERVAL_S)
                 sleep(step)
                 wait_s -= step
-                if heartbeat is not None:
-                    heartbeat()
             woke_late_s = time.monotonic() - slot
-            if woke_late_s > late_s:
+            if woke_late_s > late_s and rebooks < MAX_LATE_REBOOKS:
+                rebooks += 1
                 log.warning("limiter.late_wake", endpoint=endpoint, late_ms=woke_late_s * 1000)
             elif self.paused_ms(endpoint) <= 0:
                 return time.monotonic() - started
