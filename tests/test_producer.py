@@ -31,8 +31,9 @@ pytestmark = pytest.mark.integration
 
 SEED = 20261203
 EVENT_WAIT_S = 10.0
-#: More cancels than one pipeline flush holds (2 commands each), so several flushes happen.
-MANY = PUBLISH_BATCH_COMMANDS // 2 * 2 + 200
+CANCELS_PER_FLUSH = PUBLISH_BATCH_COMMANDS // 2  # each cancel: its message and its event
+#: Two full pipeline flushes and part of a third.
+MANY = 2 * CANCELS_PER_FLUSH + 200
 
 PRODUCE = """
 import json, sys
@@ -115,8 +116,7 @@ def test_batch_enqueues_every_message_with_its_sent_event(own_redis_url: str) ->
             if event["type"] == "task-sent":
                 sent.append(event["name"])
     assert sent == [CANCEL_TASK] * MANY
-    keys = Keys()
-    assert client.zcard(keys.due) == MANY  # every new order is watched by the sweeper
+    assert client.zcard(Keys().due) == MANY  # every new order is watched by the sweeper
     events.close()
     client.close()
 

@@ -3,7 +3,7 @@
 CancelWorkerError
 ├── ConfigError            a setting is missing or malformed; fix the environment
 ├── InvalidRequest         bad input to request_cancel / the CLI; nothing was enqueued
-├── BrokerUnavailable      Redis did not answer; the request was NOT enqueued
+├── BrokerUnavailable      Redis did not answer; the request was not recorded: send it again
 └── ExchangeError          the exchange answered (or failed to) in a way the caller must handle
     ├── OutcomeUnknown     5xx, timeout, malformed body: the operation may have happened
     ├── RateLimited        429: the budget is spent; pause the bucket and retry later
@@ -40,7 +40,11 @@ class InvalidRequest(CancelWorkerError, ValueError):
 
 
 class BrokerUnavailable(CancelWorkerError):
-    """Raised when Redis cannot be reached to store or enqueue a request."""
+    """Raised when Redis cannot be reached to store or enqueue a request.
+
+    Its records are removed, so requesting it again enqueues it; a message that did reach
+    Redis before the failure is de-duplicated by the worker.
+    """
 
 
 class ExchangeError(CancelWorkerError):
