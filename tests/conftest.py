@@ -3,6 +3,7 @@
 The service reads its configuration from the environment once, at import, exactly as in
 production; so this module picks the ports and keys and sets the environment before any
 test imports `worker.celery_app`. Limits are scaled (10/2s, 20/2s) so tests stay short.
+Three accounts are configured: `default`, `alpha` and `beta`, each with its own key.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _GIVEN_REDIS_URL = os.environ.get("REDIS_URL")
 _REDIS_PORT = free_port()
 _SANDBOX_PORT = free_port()
 API_KEY, SECRET_KEY = generate_keypair()
+ALPHA_API_KEY, ALPHA_SECRET_KEY = generate_keypair()
+BETA_API_KEY, BETA_SECRET_KEY = generate_keypair()
 
 #: The environment every worker and the test process share.
 SERVICE_ENV = {
@@ -35,6 +38,11 @@ SERVICE_ENV = {
     "COINSWITCH_BASE_URL": f"http://127.0.0.1:{_SANDBOX_PORT}",
     "COINSWITCH_API_KEY": API_KEY,
     "COINSWITCH_SECRET_KEY": SECRET_KEY,
+    "COINSWITCH_ACCOUNTS": "alpha,beta",
+    "COINSWITCH_ALPHA_API_KEY": ALPHA_API_KEY,
+    "COINSWITCH_ALPHA_SECRET_KEY": ALPHA_SECRET_KEY,
+    "COINSWITCH_BETA_API_KEY": BETA_API_KEY,
+    "COINSWITCH_BETA_SECRET_KEY": BETA_SECRET_KEY,
     "COINSWITCH_CANCEL_RATE_LIMIT": "10/2s",
     "COINSWITCH_STATUS_RATE_LIMIT": "20/2s",
     "CANCEL_WORKER_READ_TIMEOUT_S": "1",
@@ -79,15 +87,24 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[SandboxHandle]:
     """The simulated exchange over real HTTP, for the whole session."""
-    with run_sandbox(SANDBOX_CONFIG, api_keys=[API_KEY]) as handle:
+    with run_sandbox(SANDBOX_CONFIG, api_keys=[API_KEY, ALPHA_API_KEY, BETA_API_KEY]) as handle:
         yield handle
 
 
 @pytest.fixture
-def exchange(sandbox: SandboxHandle) -> Iterator[SandboxHandle]:
-    """The sandbox with no faults queued and default knobs, before and after a test."""
+def exchange(sandbox: SandboxHandle, redis_url: str) -> Iterator[SandboxHandle]:
+    """The sandbox with no faults queued and default knobs, and the margin learned afresh."""
+    from worker.keys import Keys
+
+    client = redis.Redis.from_url(redis_url)
+    client.delete(Keys().spans, Keys().margin)  # a test's network is its own
+    client.close()
     sandbox.admin.configure(
-        fill_race_rate=0.0, error_rate=0.0, timeout_rate=0.0, malformed_rate=0.0
+        fill_race_rate=0.0,
+        error_rate=0.0,
+        timeout_rate=0.0,
+        malformed_rate=0.0,
+        latency_jitter_ms=0,
     )
     yield sandbox
 
@@ -97,12 +114,11 @@ def start_worker(
     log_dir: Path,
     *,
     queues: str = "cancels,polls",
-    beat: bool = False,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start one real Celery worker with the service environment (plus `extra_env`)."""
     env = {**SERVICE_ENV, **(extra_env or {})}
-    return support.start_worker(name, log_dir, env, queues=queues, beat=beat)
+    return support.start_worker(name, log_dir, env, queues=queues)
 
 
 def wait_worker_ready(name: str, proc: subprocess.Popen[bytes]) -> None:
@@ -130,39 +146,63 @@ def log_dir() -> Iterator[Path]:
         yield Path(path)
 
 
+class SessionWorker:
+    """The session's worker process: stopped while a test runs a fleet of its own."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def ensure_running(self) -> None:
+        """Start it if it is not running, and wait until it consumes."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = start_worker("test1", self.log_dir)
+            wait_worker_ready("test1", self.proc)
+
+    def stop(self) -> None:
+        """Stop it (warm shutdown), so that only a test's own workers dispatch and consume."""
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
-def workers(redis_url: str, sandbox: SandboxHandle, log_dir: Path) -> Iterator[Path]:
-    """One real Celery worker (with the sweeper's beat) for the session; yields its log path."""
-    proc = start_worker("test1", log_dir, beat=True)
+def session_worker(
+    redis_url: str, sandbox: SandboxHandle, log_dir: Path
+) -> Iterator[SessionWorker]:
+    """The session's worker, started on first use and stopped at the end."""
+    worker = SessionWorker(log_dir)
     try:
-        wait_worker_ready("test1", proc)
-        yield log_dir / "test1.log"
+        yield worker
     finally:
-        stop_process(proc)
+        worker.stop()
 
 
 @pytest.fixture
-def own_workers(workers: Path, log_dir: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Detach the session worker from both queues; yield a starter for this test's workers.
+def workers(session_worker: SessionWorker, log_dir: Path) -> Path:
+    """One real Celery worker (its dispatcher sweeps too); returns its log path."""
+    session_worker.ensure_running()
+    return log_dir / "test1.log"
 
-    Every worker started through it is stopped afterwards and the session worker resumes.
+
+@pytest.fixture
+def own_workers(
+    session_worker: SessionWorker, sandbox: SandboxHandle, log_dir: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Stop the session worker; yield a starter for this test's workers (stopped afterwards).
+
+    Every worker runs a dispatcher, so a fleet with its own settings must run alone.
     """
-    from worker.celery_app import app
-    from worker.keys import CANCEL_QUEUE, POLL_QUEUE
-
-    session_worker = [f"test1@{os.uname().nodename}"]
-    for queue in (CANCEL_QUEUE, POLL_QUEUE):
-        app.control.cancel_consumer(queue, destination=session_worker, reply=True)
+    session_worker.stop()
     started: list[subprocess.Popen[bytes]] = []
 
     def start(
         name: str,
         *,
         queues: str = "cancels,polls",
-        beat: bool = False,
         extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        proc = start_worker(name, log_dir, queues=queues, beat=beat, extra_env=extra_env)
+        proc = start_worker(name, log_dir, queues=queues, extra_env=extra_env)
         started.append(proc)
         if not extra_env or "REDIS_URL" not in extra_env:
             wait_worker_ready(name, proc)
@@ -173,5 +213,3 @@ def own_workers(workers: Path, log_dir: Path) -> Iterator[Callable[..., subproce
     finally:
         for proc in started:
             stop_process(proc)
-        for queue in (CANCEL_QUEUE, POLL_QUEUE):
-            app.control.add_consumer(queue, destination=session_worker, reply=True)

@@ -115,7 +115,7 @@ def run_soak(
             error_rate=error_rate, timeout_rate=timeout_rate, malformed_rate=malformed_rate
         )
         procs = [
-            start_worker(f"soak{i}", logs, env, concurrency=WORKER_CONCURRENCY, beat=(i == 0))
+            start_worker(f"soak{i}", logs, env, concurrency=WORKER_CONCURRENCY)
             for i in range(workers)
         ]
         started = time.monotonic()

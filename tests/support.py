@@ -42,7 +42,6 @@ def start_worker(
     *,
     queues: str = "cancels,polls",
     concurrency: int = 4,
-    beat: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start one real Celery worker process (threads pool), logging to log_dir/NAME.log."""
     args = [
@@ -50,8 +49,6 @@ def start_worker(
         "-Q", queues, "-P", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
         "--without-gossip", "--without-mingle", "-l", "INFO",
     ]  # fmt: skip
-    if beat:
-        args += ["-B", "-s", str(log_dir / f"{name}-beat-schedule")]
     log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(
         args, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
@@ -67,3 +64,47 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def place_orders(admin: Any, count: int, **fields: Any) -> list[str]:
+    """Open `count` LIMIT orders on the sandbox (through its admin client); return their ids.
+
+    `fields` override the order (e.g. `api_key=` for another account, `symbol=`).
+    """
+    order = {
+        "symbol": "DOGEUSDT",
+        "side": "BUY",
+        "order_type": "LIMIT",
+        "quantity": "10",
+        "price": "0.1",
+        **fields,
+    }
+    return [str(admin.create_order(**order)["order_id"]) for _ in range(count)]
+
+
+def wait_all_final(order_ids: list[str], timeout_s: float) -> None:
+    """Wait until every order has a final record."""
+    from worker.producer import get_records
+
+    def all_final() -> bool:
+        return all(r is not None and r.is_final for r in get_records(order_ids))
+
+    wait_for(all_final, timeout_s, f"{len(order_ids)} final records")
+
+
+def arrivals(admin: Any, endpoint: str, since_ms: int, key: str | None = None) -> list[int]:
+    """When requests to one endpoint reached the sandbox since `since_ms` (of one API key)."""
+    stats = admin.stats()["endpoints"][endpoint]
+    if key is not None:
+        stats = stats["by_key"].get(key[:8], {"arrivals_ms": []})
+    return [at for at in stats["arrivals_ms"] if at >= since_ms]
+
+
+def budget_use(sent_ms: list[int], limit: int, period_ms: int) -> float:
+    """The average send rate while draining a backlog, as a share of the nominal rate.
+
+    The scheduler keeps a slot for urgent work, so a long normal backlog settles into sends
+    one slot interval apart; their average rate is what the budget was used at.
+    """
+    times = sorted(sent_ms)
+    return (len(times) - 1) / (times[-1] - times[0]) / (limit / period_ms)

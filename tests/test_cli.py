@@ -40,21 +40,23 @@ def place(exchange: SandboxHandle) -> str:
 
 
 def test_cancel_wait_shows_progress_and_final_state(workers: Path, exchange: SandboxHandle) -> None:
-    """`cancel ID --wait` prints each state as it happens and exits 0 on CANCELLED."""
+    """`cancel ID --wait` prints each state as it happens, then a summary, and exits 0."""
     order_id = place(exchange)
     result = cli("cancel", order_id, "--wait", "--timeout", "30")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("waiting:")]
     assert lines[0].startswith(f"{order_id}  QUEUED")
-    assert lines[-1].startswith(f"{order_id}  CANCELLED")
+    assert lines[-2].startswith(f"{order_id}  CANCELLED")
+    assert lines[-1] == "summary: 1 CANCELLED"
 
 
 def test_cancel_wait_exits_nonzero_on_failed(workers: Path, exchange: SandboxHandle) -> None:
     """`--wait` exits 1 when an order ends FAILED."""
     result = cli("cancel", str(uuid.uuid4()), "--wait", "--timeout", "30", "--json")
     assert result.returncode == 1, result.stderr
-    last = json.loads(result.stdout.splitlines()[-1])
+    *_, last, summary = [json.loads(line) for line in result.stdout.splitlines()]
     assert last["state"] == "FAILED" and last["error"]["code"] == "order_not_found"
+    assert summary == {"summary": {"FAILED": 1}}
 
 
 def test_status_json_prints_the_contract_record(workers: Path, exchange: SandboxHandle) -> None:
@@ -96,14 +98,19 @@ def test_bad_configuration_names_the_variable() -> None:
     assert "COINSWITCH_CANCEL_RATE_LIMIT" in result.stderr
 
 
-def test_limits_shows_buckets_and_queues(workers: Path) -> None:
-    """`limits --json` reports each bucket's budget and each queue's backlog."""
+def test_limits_shows_budgets_per_account_and_queues(workers: Path) -> None:
+    """`limits --json` reports each account's budgets, the margin and each queue's backlog."""
     result = cli("limits", "--json")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    buckets = {row["bucket"]: row for row in rows if "bucket" in row}
-    assert buckets["cancel"]["limit"] == 10 and buckets["cancel"]["period_s"] == 2
-    assert buckets["status"]["limit"] == 20
+    budgets = {(row["account"], row["bucket"]): row for row in rows if "bucket" in row}
+    assert {account for account, _ in budgets} >= {"default", "alpha", "beta"}
+    cancel = budgets[("default", "cancel")]
+    assert cancel["limit"] == 10 and cancel["period_s"] == 2
+    assert budgets[("alpha", "status")]["limit"] == 20
+    assert budgets[("beta", "cancel_all")]["limit"] == 10  # the documented default
+    margin = next(row for row in rows if "margin_ms" in row)
+    assert margin["margin_floor_ms"] <= margin["margin_ms"] <= margin["margin_ceiling_ms"]
     assert {row["queue"] for row in rows if "queue" in row} == {"cancels", "polls"}
 
 

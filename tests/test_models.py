@@ -6,9 +6,12 @@ from worker.errors import InvalidRequest
 from worker.models import (
     CancelRecord,
     OrderState,
+    Priority,
     normalise_order,
+    validate_account,
     validate_exchange,
     validate_order_id,
+    validate_priority,
 )
 
 ORDER_ID = "0193688e-5212-7493-be58-4f83644772e8"
@@ -65,6 +68,41 @@ def test_record_round_trip_and_public_view() -> None:
     assert CancelRecord.from_dict(record.to_dict()) == record
     public = record.public()
     assert set(public) == {
-        "order_id", "exchange", "state", "attempts", "requested_at", "updated_at",
-        "final_at", "order", "error", "history",
+        "order_id", "exchange", "account", "priority", "state", "attempts", "requested_at",
+        "updated_at", "final_at", "order", "error", "history",
     }  # fmt: skip
+
+
+def test_record_of_an_older_version_reads_as_default_account() -> None:
+    """A record stored before accounts existed reads as account default, priority normal."""
+    old = {"order_id": ORDER_ID, "exchange": "EXCHANGE_2", "state": "QUEUED"}
+    record = CancelRecord.from_dict({**old, "requested_at": 1, "updated_at": 1, "poll_seq": 3})
+    assert (record.account, record.priority) == ("default", "normal")
+
+
+@pytest.mark.parametrize(
+    ("text", "priority"), [("urgent", Priority.URGENT), ("NORMAL", Priority.NORMAL)]
+)
+def test_priority_any_case(text: str, priority: Priority) -> None:
+    """urgent and normal are accepted in any case."""
+    assert validate_priority(text) is priority
+
+
+@pytest.mark.parametrize("bad", ["high", "", None, 1, "urgent "])
+def test_bad_priority_names_value(bad: object) -> None:
+    """Any other priority is refused, naming the field and the value."""
+    with pytest.raises(InvalidRequest, match="priority") as info:
+        validate_priority(bad)
+    assert info.value.field == "priority" and info.value.value == bad
+
+
+@pytest.mark.parametrize("bad", ["", "1alpha", "al pha", "a" * 33, "alpha-1", None, 7])
+def test_bad_account_names_value(bad: object) -> None:
+    """An account name must be a letter, then letters, digits or _ (32 at most)."""
+    with pytest.raises(InvalidRequest, match="account"):
+        validate_account(bad)
+
+
+def test_account_lower_cased() -> None:
+    """Account names are case-insensitive: ALPHA is alpha."""
+    assert validate_account("ALPHA") == "alpha"

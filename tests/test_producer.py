@@ -1,18 +1,16 @@
-"""request_cancels publishes a request's messages in pipelined batches and loses none.
+"""request_cancels records a request and puts it in line in one round trip, losing nothing.
 
 Each test runs the producer in a child process against a redis-server of its own, with no
-worker, so the broker queue and the task events can be read exactly as the producer left them.
+worker, so the records and the line can be read exactly as the producer left them.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,23 +21,19 @@ import redis
 from tests.conftest import SERVICE_ENV
 from tests.redis_server import redis_server
 from tests.support import ROOT
-from worker.celery_app import CANCEL_TASK, app
 from worker.keys import CANCEL_QUEUE, Keys
-from worker.producer import PUBLISH_BATCH_COMMANDS
+from worker.models import Bucket
 
 pytestmark = pytest.mark.integration
 
 SEED = 20261203
-EVENT_WAIT_S = 10.0
-CANCELS_PER_FLUSH = PUBLISH_BATCH_COMMANDS // 2  # each cancel: its message and its event
-#: Two full pipeline flushes and part of a third.
-MANY = 2 * CANCELS_PER_FLUSH + 200
+MANY = 1200
 
 PRODUCE = """
 import json, sys
 from worker import BrokerUnavailable, request_cancels
 try:
-    records = request_cancels(sys.argv[1:])
+    records = request_cancels(sys.argv[2:], priority=sys.argv[1])
 except BrokerUnavailable as exc:
     print(json.dumps({"raised": str(exc)}))
 else:
@@ -53,10 +47,10 @@ def order_ids(count: int, seed: int = SEED) -> list[str]:
     return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
 
 
-def produce(redis_url: str, ids: list[str]) -> dict[str, Any]:
+def produce(redis_url: str, ids: list[str], priority: str = "normal") -> dict[str, Any]:
     """Run request_cancels(ids) in a fresh process against `redis_url`; return what it printed."""
     result = subprocess.run(
-        [sys.executable, "-c", PRODUCE, *ids],
+        [sys.executable, "-c", PRODUCE, priority, *ids],
         cwd=ROOT,
         env={**os.environ, **SERVICE_ENV, "REDIS_URL": redis_url},
         capture_output=True,
@@ -68,19 +62,9 @@ def produce(redis_url: str, ids: list[str]) -> dict[str, Any]:
     return out
 
 
-def queued_cancels(client: redis.Redis) -> list[tuple[str, list[Any]]]:
-    """(task name, args) of every message waiting in the cancels queue."""
-    messages = []
-    for raw in client.lrange(CANCEL_QUEUE, 0, -1):
-        envelope = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        messages.append((envelope["headers"]["task"], args))
-    return messages
-
-
-def reads_processed(client: redis.Redis) -> int:
-    """How many socket reads the server has processed (a round trip needs at least one)."""
-    return int(client.info("stats")["total_reads_processed"])
+def in_line(client: redis.Redis, account: str = "default") -> list[str]:
+    """Order ids waiting for a DELETE turn, first to go first."""
+    return list(client.zrange(Keys().room_ready(account, Bucket.CANCEL), 0, -1))
 
 
 @pytest.fixture
@@ -90,60 +74,84 @@ def own_redis_url() -> Iterator[str]:
         yield url
 
 
-def test_batch_enqueues_every_message_with_its_sent_event(own_redis_url: str) -> None:
-    """A request larger than one pipeline flush enqueues each cancel once, with its task-sent
-    event (what Flower shows), and records each QUEUED."""
+def test_a_large_request_is_recorded_in_line_in_request_order(own_redis_url: str) -> None:
+    """1,200 cancels are recorded QUEUED, watched and put in line in request order by one
+    script call; the broker holds nothing until a turn comes, and one wake token tells the
+    dispatchers."""
     ids = order_ids(MANY)
     client = redis.Redis.from_url(own_redis_url, decode_responses=True)
-    events = client.pubsub()
-    events.psubscribe("*celeryev*")
-    assert events.get_message(timeout=EVENT_WAIT_S)["type"] == "psubscribe"
-
-    reads_before = reads_processed(client)
+    client.config_resetstat()
     assert produce(own_redis_url, ids) == {"states": ["QUEUED"] * MANY}
-    # Pipelined: fewer socket reads than messages (a publish per message needs 2 reads each).
-    assert reads_processed(client) - reads_before < MANY
+    calls = client.info("commandstats")
+    scripts = sum(calls.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+    assert scripts <= 2  # one call (redis-py retries once after loading the script)
+    assert calls["cmdstat_set"]["calls"] == MANY  # the records, written inside that call
 
-    messages = queued_cancels(client)
-    assert sorted(args[0] for _, args in messages) == sorted(ids)
-    assert {task for task, _ in messages} == {CANCEL_TASK}
-    sent: list[str] = []
-    deadline = time.monotonic() + EVENT_WAIT_S
-    while len(sent) < MANY and time.monotonic() < deadline:
-        message = events.get_message(timeout=0.5)
-        if message and message["type"] == "pmessage":
-            event = json.loads(base64.b64decode(json.loads(message["data"])["body"]))
-            if event["type"] == "task-sent":
-                sent.append(event["name"])
-    assert sent == [CANCEL_TASK] * MANY
+    assert in_line(client) == ids
     assert client.zcard(Keys().due) == MANY  # every new order is watched by the sweeper
-    events.close()
+    assert client.llen(CANCEL_QUEUE) == 0
+    assert client.lrange(Keys().wake, 0, -1) == ["1"]
+    records = [json.loads(raw) for raw in client.mget([Keys().record(i) for i in ids])]
+    assert {(r["state"], r["account"], r["priority"]) for r in records} == {
+        ("QUEUED", "default", "normal")
+    }
     client.close()
 
 
-def test_a_batch_redis_refuses_is_forgotten_and_can_be_requested_again(
+def test_urgent_requests_go_ahead_and_an_urgent_repeat_moves_up(own_redis_url: str) -> None:
+    """Urgent cancels are in line before every normal one; an urgent repeat of a normal
+    cancel still waiting moves it up (keeping its request time), and its record says urgent."""
+    normal, urgent = order_ids(5), order_ids(2, seed=SEED + 1)
+    client = redis.Redis.from_url(own_redis_url, decode_responses=True)
+    produce(own_redis_url, normal)
+    produce(own_redis_url, urgent, "urgent")
+    assert in_line(client) == urgent + normal
+    produce(own_redis_url, [normal[3]], "urgent")
+    assert in_line(client) == [normal[3], *urgent, *normal[:3], normal[4]]
+    record = json.loads(client.get(Keys().record(normal[3])))
+    assert record["priority"] == "urgent"
+    client.close()
+
+
+def test_a_request_redis_refuses_leaves_nothing_and_can_be_sent_again(
     own_redis_url: str,
 ) -> None:
-    """When Redis refuses the publish, request_cancels raises BrokerUnavailable naming the
-    count, leaves no record or message behind, and the same request later goes through."""
+    """When Redis refuses the request's script, request_cancels raises BrokerUnavailable
+    naming the cause, leaves no record and nothing in line, and the same request later goes
+    through."""
     ids = order_ids(5)
     client = redis.Redis.from_url(own_redis_url, decode_responses=True)
-    client.acl_setuser("default", enabled=True, commands=["-lpush"])
+    client.acl_setuser("default", enabled=True, commands=["-evalsha", "-eval"])
 
     refused = produce(own_redis_url, ids)
-    assert refused["raised"].startswith("could not enqueue 5 cancels"), refused
-    assert "permissions to run the 'lpush' command" in refused["raised"]  # the cause
+    assert refused["raised"].startswith("Redis unavailable, nothing enqueued"), refused
+    assert "permissions" in refused["raised"]  # the cause
     assert client.mget([Keys().record(i) for i in ids]) == [None] * 5
-    assert client.llen(CANCEL_QUEUE) == 0
+    assert in_line(client) == []
 
-    client.acl_setuser("default", enabled=True, commands=["+lpush"])
+    client.acl_setuser("default", enabled=True, commands=["+evalsha", "+eval"])
     assert produce(own_redis_url, ids) == {"states": ["QUEUED"] * 5}
-    assert sorted(args[0] for _, args in queued_cancels(client)) == sorted(ids)
+    assert in_line(client) == ids
     client.close()
 
 
-def test_app_producer_can_batch(redis_url: str) -> None:
-    """The app's broker settings let kombu pipeline publishes (a Redis retry option would
-    silently turn every batch back into one round trip per message)."""
-    with app.producer_or_acquire() as producer:
-        assert producer.supports_batch_publish
+def test_an_account_no_worker_serves_is_refused(own_redis_url: str) -> None:
+    """A request for an account neither this process nor any worker configured raises
+    InvalidRequest naming it, and writes nothing."""
+    code = (
+        "from worker import request_cancel, InvalidRequest\n"
+        "try:\n    request_cancel('0193688e-5212-7493-be58-4f83644772e8', account='gamma')\n"
+        "except InvalidRequest as exc:\n    print('raised:', exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **SERVICE_ENV, "REDIS_URL": own_redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.startswith("raised: invalid account 'gamma'"), result.stderr
+    client = redis.Redis.from_url(own_redis_url, decode_responses=True)
+    assert client.dbsize() == 0
+    client.close()

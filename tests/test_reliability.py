@@ -142,14 +142,10 @@ def all_final_in(redis_url: str, order_ids: list[str]) -> bool:
 
 @contextmanager
 def production_workers(redis_url: str, log_dir: Path, name: str) -> Iterator[None]:
-    """`cancel-worker worker` (which restarts a Celery worker that dies) plus beat, as the
-    Procfile runs them, against this Redis; both stopped afterwards."""
+    """`cancel-worker worker` (which restarts a Celery worker that dies), as the Procfile
+    runs it, against this Redis; stopped afterwards."""
     env = {**os.environ, **SERVICE_ENV, "REDIS_URL": redis_url}
-    commands = {
-        "worker": [sys.executable, "-m", "worker.cli", "worker"],
-        "beat": [sys.executable, "-m", "celery", "-A", "worker", "beat",
-                 "-s", str(log_dir / f"{name}-beat-schedule")],
-    }  # fmt: skip
+    commands = {"worker": [sys.executable, "-m", "worker.cli", "worker"]}
     procs = []
     for kind, command in commands.items():
         log = open(log_dir / f"{name}-{kind}.log", "ab")  # noqa: SIM115 - closed with the process

@@ -3,6 +3,7 @@
 import pytest
 
 from worker.errors import ConfigError
+from worker.models import Bucket
 from worker.settings import Rate, Settings, parse_rate
 
 
@@ -32,13 +33,19 @@ def test_parse_rate_rejects_and_names_bad_text(text: str) -> None:
 
 
 def test_defaults_are_the_documented_contract() -> None:
-    """With an empty environment, the defaults of DESIGN.md §2 apply."""
+    """With an empty environment, the defaults of DESIGN.md §2 and API.md §7 apply."""
     settings = Settings.from_env({})
     assert settings.redis_url == "redis://localhost:6379/0"
     assert settings.base_url == "https://coinswitch.co"
-    assert settings.cancel_rate == Rate(10, 60.0)
-    assert settings.status_rate == Rate(20, 60.0)
-    assert settings.api_key is None and settings.secret_key is None
+    assert settings.rates == {
+        Bucket.CANCEL: Rate(10, 60.0),
+        Bucket.STATUS: Rate(20, 60.0),
+        Bucket.CANCEL_ALL: Rate(10, 60.0),
+        Bucket.OPEN_ORDERS: Rate(20, 60.0),
+        Bucket.CLOSED_ORDERS: Rate(20, 60.0),
+    }
+    assert settings.accounts == {}
+    assert (settings.rate_margin_ms, settings.rate_margin_max_ms) == (50, 2000)
 
 
 @pytest.mark.parametrize(
@@ -72,10 +79,69 @@ def test_secret_never_in_repr() -> None:
     secret = "ab" * 32
     settings = Settings.from_env({"COINSWITCH_SECRET_KEY": secret, "COINSWITCH_API_KEY": "cd" * 32})
     assert secret not in repr(settings)
-    assert settings.require_credentials() == ("cd" * 32, secret)
+    assert settings.account("default").require_keys() == ("cd" * 32, secret)
 
 
 def test_missing_credentials_named() -> None:
-    """Asking for credentials that are not set names the missing variable."""
+    """A worker with no account to sign for names the variable to set."""
     with pytest.raises(ConfigError, match="COINSWITCH_API_KEY"):
-        Settings.from_env({}).require_credentials()
+        Settings.from_env({}).signing_accounts()
+    with pytest.raises(ConfigError, match="COINSWITCH_SECRET_KEY"):
+        Settings.from_env({"COINSWITCH_API_KEY": "cd" * 32}).signing_accounts()
+
+
+KEYS = {
+    "COINSWITCH_API_KEY": "a1" * 32,
+    "COINSWITCH_SECRET_KEY": "a2" * 32,
+    "COINSWITCH_ACCOUNTS": "alpha, Beta",
+    "COINSWITCH_ALPHA_API_KEY": "b1" * 32,
+    "COINSWITCH_ALPHA_SECRET_KEY": "b2" * 32,
+    "COINSWITCH_BETA_API_KEY": "c1" * 32,
+    "COINSWITCH_BETA_SECRET_KEY": "c2" * 32,
+}
+
+
+def test_accounts_with_their_own_budgets() -> None:
+    """COINSWITCH_ACCOUNTS adds named accounts; each takes the global budgets unless its
+    own variables override them."""
+    settings = Settings.from_env(
+        {
+            **KEYS,
+            "COINSWITCH_STATUS_RATE_LIMIT": "30/60s",
+            "COINSWITCH_ALPHA_CANCEL_RATE_LIMIT": "5/60s",
+        }
+    )
+    assert list(settings.signing_accounts()) == ["default", "alpha", "beta"]
+    alpha, beta = settings.account("alpha"), settings.account("beta")
+    assert alpha.rates[Bucket.CANCEL] == Rate(5, 60.0)
+    assert alpha.rates[Bucket.STATUS] == Rate(30, 60.0)
+    assert beta.rates[Bucket.CANCEL] == Rate(10, 60.0)
+    assert alpha.api_key == "b1" * 32 and beta.secret_key == "c2" * 32
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        ({"COINSWITCH_ACCOUNTS": "alpha,al-pha"}, "COINSWITCH_ACCOUNTS"),
+        ({"COINSWITCH_ACCOUNTS": "alpha,default"}, "COINSWITCH_ACCOUNTS"),
+        ({"COINSWITCH_ACCOUNTS": "alpha,alpha"}, "COINSWITCH_ACCOUNTS"),
+        ({"COINSWITCH_ACCOUNTS": "alpha,gamma"}, "COINSWITCH_GAMMA_API_KEY"),
+        ({"COINSWITCH_ALPHA_API_KEY": "zz"}, "COINSWITCH_ALPHA_API_KEY"),
+        ({"COINSWITCH_BETA_STATUS_RATE_LIMIT": "often"}, "COINSWITCH_BETA_STATUS_RATE_LIMIT"),
+        ({"CANCEL_WORKER_RATE_MARGIN_MAX_MS": "10"}, "CANCEL_WORKER_RATE_MARGIN_MAX_MS"),
+    ],
+)
+def test_bad_account_variable_is_named(changes: dict[str, str], variable: str) -> None:
+    """A malformed account list, key or budget stops start-up naming the variable."""
+    with pytest.raises(ConfigError, match=variable) as info:
+        Settings.from_env({**KEYS, **changes})
+    assert info.value.variable == variable
+
+
+def test_named_account_without_secret_is_named_when_signing() -> None:
+    """An account may be known without its secret (read-only tools), but a worker refuses."""
+    env = {key: value for key, value in KEYS.items() if key != "COINSWITCH_BETA_SECRET_KEY"}
+    settings = Settings.from_env(env)
+    assert settings.account("beta").secret_key is None
+    with pytest.raises(ConfigError, match="COINSWITCH_BETA_SECRET_KEY"):
+        settings.signing_accounts()

@@ -131,7 +131,7 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
         timeout=90,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1].startswith(f"{order_id}  CANCELLED")
+    assert result.stdout.splitlines()[-1] == "summary: 1 CANCELLED"
 
     flower = f"http://127.0.0.1:{ports['flower']}"
 
@@ -147,7 +147,7 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
 
     metrics = requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).text
     assert 'cancel_worker_orders{state="CANCELLED"} 1.0' in metrics
-    assert 'cancel_worker_requests_total{bucket="cancel"} 1.0' in metrics
+    assert 'cancel_worker_requests_total{account="default",bucket="cancel"} 1.0' in metrics
     assert "cancel_worker_time_to_final_seconds_count 1.0" in metrics
 
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
@@ -161,11 +161,11 @@ def procfile() -> dict[str, str]:
 
 
 def test_procfile_has_the_production_process_types() -> None:
-    """The Procfile declares worker, beat, flower and metrics."""
-    assert set(procfile()) == {"worker", "beat", "flower", "metrics"}
+    """The Procfile declares worker, flower and metrics (workers sweep; no beat is needed)."""
+    assert set(procfile()) == {"worker", "flower", "metrics"}
 
 
-@pytest.mark.parametrize("process_type", ["worker", "beat", "flower", "metrics"])
+@pytest.mark.parametrize("process_type", ["worker", "flower", "metrics"])
 def test_procfile_command_answers(
     process_type: str, redis_url: str, sandbox: SandboxHandle, tmp_path: Path
 ) -> None:
@@ -178,7 +178,6 @@ def test_procfile_command_answers(
             **SERVICE_ENV,
             "FLOWER_PORT": str(flower_port),
             "METRICS_PORT": str(metrics_port),
-            "BEAT_SCHEDULE": str(tmp_path / "beat-schedule"),
             "FLOWER_BASIC_AUTH": "ops:secret-pass",
         }
     )
@@ -202,8 +201,6 @@ def test_procfile_command_answers(
                 return mine == {"cancels", "polls"}
 
             wait_for(both_queues_consumed, 40, f"{node}: both queues consumed")
-        elif process_type == "beat":
-            wait_for(lambda: "beat: Starting" in log_path.read_text(), 30, "beat to start")
         elif process_type == "flower":
             url = f"http://127.0.0.1:{flower_port}"
             wait_for(lambda: _get(f"{url}/healthcheck") == 200, 30, "Flower")
@@ -235,7 +232,8 @@ def test_compose_file_is_production_shaped() -> None:
     with auth from env on 5555, the sandbox under a profile, and no credential baked in."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) >= {"redis", "worker", "beat", "flower", "metrics", "sandbox"}
+    assert set(services) >= {"redis", "worker", "flower", "metrics", "sandbox"}
+    assert "beat" not in services  # every worker's dispatcher sweeps
     redis_service = services["redis"]
     assert "--appendonly" in redis_service["command"] and "yes" in redis_service["command"]
     assert redis_service["healthcheck"]["test"][-1] == "ping"

@@ -1,7 +1,8 @@
 """The Celery app and its configuration (DESIGN.md §5: JSON only, late acks, short holds).
 
 Task names and queues are part of the public contract: non-Python producers `send_task`
-them by name with plain JSON arguments.
+them by name with plain JSON arguments. Budgets are not Celery's `rate_limit` (a bucket per
+worker node): worker.scheduler enforces them in Redis for the whole fleet.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging
 
-from worker.errors import ConfigError
 from worker.keys import (
     CANCEL_QUEUE,
     KOMBU_UNACKED,
@@ -20,8 +20,7 @@ from worker.keys import (
     POLL_QUEUE,
 )
 from worker.log import configure_logging
-from worker.services import CANCEL, STATUS
-from worker.settings import Rate, Settings, parse_rate
+from worker.settings import Settings
 
 CANCEL_TASK = "cancel_worker.cancel_order"
 POLL_TASK = "cancel_worker.poll_order_status"
@@ -48,13 +47,6 @@ def make_app(settings: Settings) -> Celery:
             POLL_TASK: {"queue": POLL_QUEUE},
             SWEEP_TASK: {"queue": POLL_QUEUE},
         },
-        # The fleet-wide budgets, declared here and enforced in Redis by worker.ratelimit.
-        # Not Celery's own `rate_limit` (a bucket per worker node): these are enforced in
-        # Redis for the whole fleet by worker.ratelimit; see fleet_rates().
-        task_annotations={
-            CANCEL_TASK: {"fleet_bucket": CANCEL, "fleet_rate_limit": str(settings.cancel_rate)},
-            POLL_TASK: {"fleet_bucket": STATUS, "fleet_rate_limit": str(settings.status_rate)},
-        },
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
@@ -68,23 +60,8 @@ def make_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
-        beat_schedule={
-            "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s},
-        },
     )
     return app
-
-
-def fleet_rates(app: Celery) -> dict[str, Rate]:
-    """The fleet-wide budgets declared in the app's task annotations, by limiter bucket."""
-    rates: dict[str, Rate] = {}
-    for annotation in (app.conf.task_annotations or {}).values():
-        if isinstance(annotation, dict) and "fleet_bucket" in annotation:
-            try:
-                rates[annotation["fleet_bucket"]] = parse_rate(annotation["fleet_rate_limit"])
-            except (KeyError, ValueError) as exc:
-                raise ConfigError("task_annotations", f"bad fleet_rate_limit: {exc}") from None
-    return rates
 
 
 @setup_logging.connect

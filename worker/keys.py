@@ -1,8 +1,9 @@
-"""Every Redis key and queue name cancel-worker uses, in one place.
+"""Every Redis key, channel and queue name cancel-worker uses, in one place.
 
-Our keys live under one namespace prefix (`cw:` by default). Kombu's own keys (broker
-queues, the unacked hash and index) are named here too, because the worker touches the
-unacked index to keep a message it is still working on from being redelivered.
+Our keys live under one namespace prefix (`cw:` by default). Budgets are keyed by a
+fingerprint of the API key (two account names for one key share its budget); waiting rooms
+by account name, which is all a producer knows. Kombu's own keys (broker queues, the unacked
+hash) are named here too, because metrics read them.
 """
 
 from __future__ import annotations
@@ -65,17 +66,61 @@ class Keys:
         return f"{self.namespace}:lease:cancel:{order_id}"
 
     def poll_lease(self, order_id: str) -> str:
-        """String: which delivery may poll this order right now."""
+        """String: which delivery may read this order's status right now."""
         return f"{self.namespace}:lease:poll:{order_id}"
 
-    def bucket(self, api_key: str, endpoint: str) -> str:
-        """Sorted set: reserved send times (ms) of one (API key, endpoint) budget."""
-        return f"{self.namespace}:rl:{key_fingerprint(api_key)}:{endpoint}"
+    @property
+    def accounts(self) -> str:
+        """Hash: account name → JSON (key fingerprint, budgets, last seen), kept by workers."""
+        return f"{self.namespace}:accounts"
 
-    def bucket_pause(self, api_key: str, endpoint: str) -> str:
-        """String with a TTL: set after a 429; no slot is handed out before it expires."""
-        return f"{self.bucket(api_key, endpoint)}:pause"
+    # --- the budget scheduler ----------------------------------------------------------
 
-    def bucket_stats(self, api_key: str, endpoint: str) -> str:
-        """Hash: counters of one bucket (granted slots, 429s seen)."""
-        return f"{self.bucket(api_key, endpoint)}:stats"
+    def schedule(self, fingerprint: str, bucket: str) -> str:
+        """Sorted set: send times (ms) of one budget: sends made and turns handed out."""
+        return f"{self.namespace}:rl:{fingerprint}:{bucket}"
+
+    def pause(self, fingerprint: str, bucket: str) -> str:
+        """String with a TTL: set after a 429; no turn is handed out before it expires."""
+        return f"{self.schedule(fingerprint, bucket)}:pause"
+
+    def bucket_stats(self, fingerprint: str, bucket: str) -> str:
+        """Hash: counters of one budget (sends made, 429s seen)."""
+        return f"{self.schedule(fingerprint, bucket)}:stats"
+
+    def room_ready(self, account: str, bucket: str) -> str:
+        """Sorted set: jobs waiting for a turn of one budget, most urgent, then oldest, first."""
+        return f"{self.namespace}:room:{account}:{bucket}:ready"
+
+    def room_later(self, account: str, bucket: str) -> str:
+        """Sorted set: jobs that may not go before a time (ms): a poll's countdown."""
+        return f"{self.namespace}:room:{account}:{bucket}:later"
+
+    def room_info(self, account: str, bucket: str) -> str:
+        """Hash: job → `rank:since` of the jobs in the later set, to rank them once ready."""
+        return f"{self.namespace}:room:{account}:{bucket}:info"
+
+    @property
+    def active(self) -> str:
+        """Sorted set: `account|bucket` of every line with jobs → when it next needs a look (ms)."""
+        return f"{self.namespace}:rooms:active"
+
+    @property
+    def wake(self) -> str:
+        """List of at most one token: a job joined a line; one dispatcher looks at once."""
+        return f"{self.namespace}:wake"
+
+    @property
+    def spans(self) -> str:
+        """List: recent spans (ms) from a turn being taken to the exchange's answer."""
+        return f"{self.namespace}:net:spans"
+
+    @property
+    def margin(self) -> str:
+        """String: the margin (ms) added to every window, learned from the spans."""
+        return f"{self.namespace}:net:margin"
+
+    @property
+    def sweep_lock(self) -> str:
+        """String with a TTL: the dispatcher that sweeps during this interval."""
+        return f"{self.namespace}:lock:sweep"

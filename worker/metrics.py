@@ -1,5 +1,7 @@
 """Prometheus metrics read from Redis at scrape time, for the whole fleet at once.
 
+Budgets are labelled by account and bucket; accounts come from the registry workers keep.
+
 Flower's own /metrics sees only what its event stream shows and not the queues' reserved
 and countdown messages on Redis; these come straight from the keys the workers share.
 """
@@ -18,15 +20,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from worker.keys import CANCEL_QUEUE, KOMBU_UNACKED, POLL_QUEUE
-from worker.models import OrderState
-from worker.services import CANCEL, CANCEL_ALL, STATUS, Services
+from worker.models import Bucket, OrderState
+from worker.services import Services
 
 UNACKED_SCAN_LIMIT = 100_000  # reserved/countdown messages inspected per scrape, at most
 PREFIX = "cancel_worker"
 
 
 class FleetCollector(Collector):
-    """Budget use, 429s, queue depth (waiting and held), orders by state, time to final."""
+    """Budgets per account, the margin, queue depth, orders by state, time to final."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -38,33 +40,42 @@ class FleetCollector(Collector):
         yield from self._orders()
 
     def _buckets(self) -> Iterator[Metric]:
-        used = GaugeMetricFamily(
-            f"{PREFIX}_budget_used", "Requests sent in the current window", labels=["bucket"]
-        )
-        limit = GaugeMetricFamily(
-            f"{PREFIX}_budget_limit", "Requests allowed per window", labels=["bucket"]
-        )
-        ahead = GaugeMetricFamily(
-            f"{PREFIX}_budget_booked_ahead", "Sends booked for later", labels=["bucket"]
-        )
-        paused = GaugeMetricFamily(
-            f"{PREFIX}_budget_paused_seconds", "Pause left after a 429", labels=["bucket"]
-        )
-        granted = CounterMetricFamily(
-            f"{PREFIX}_requests", "Send slots granted by the limiter", labels=["bucket"]
-        )
+        labels = ["account", "bucket"]
+
+        def gauge(name: str, text: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=labels)
+
+        used = gauge("budget_used", "Requests sent in the current window")
+        limit = gauge("budget_limit", "Requests allowed per window")
+        ahead = gauge("budget_booked_ahead", "Turns handed out, not yet sent")
+        paused = gauge("budget_paused_seconds", "Pause left after a 429")
+        waiting = gauge("waiting", "Jobs in line for a turn of this budget")
+        urgent = gauge("waiting_urgent", "Urgent jobs in line for a turn of this budget")
+        drain = gauge("drain_seconds", "Until the last job now in line is expected to go")
+        sent = CounterMetricFamily(f"{PREFIX}_requests", "Requests sent", labels=labels)
         limited = CounterMetricFamily(
-            f"{PREFIX}_rate_limited", "429 answers from the exchange", labels=["bucket"]
+            f"{PREFIX}_rate_limited", "429 answers from the exchange", labels=labels
         )
-        for bucket in (CANCEL, STATUS, CANCEL_ALL):
-            usage = self.services.limiter.usage(bucket)
-            used.add_metric([bucket], usage.used_in_window)
-            limit.add_metric([bucket], usage.limit)
-            ahead.add_metric([bucket], usage.booked_ahead)
-            paused.add_metric([bucket], usage.paused_ms / 1000)
-            granted.add_metric([bucket], usage.granted)
-            limited.add_metric([bucket], usage.rate_limited)
-        yield from (used, limit, ahead, paused, granted, limited)
+        observer = self.services.observer()
+        for account in sorted(observer.accounts):
+            for bucket in Bucket:
+                usage = observer.usage(account, bucket)
+                values = [account, bucket.value]
+                used.add_metric(values, usage.used_in_window)
+                limit.add_metric(values, usage.limit)
+                ahead.add_metric(values, usage.booked_ahead)
+                paused.add_metric(values, usage.paused_ms / 1000)
+                waiting.add_metric(values, usage.waiting + usage.counting_down)
+                urgent.add_metric(values, usage.waiting_urgent)
+                drain.add_metric(values, usage.drain_s)
+                sent.add_metric(values, usage.sent)
+                limited.add_metric(values, usage.rate_limited)
+        margin = GaugeMetricFamily(
+            f"{PREFIX}_budget_margin_seconds",
+            "Added to every window so network delay never shows limit + 1 (learned)",
+        )
+        margin.add_metric([], observer.margin_ms() / 1000)
+        yield from (used, limit, ahead, paused, waiting, urgent, drain, sent, limited, margin)
 
     def _queues(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(

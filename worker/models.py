@@ -44,6 +44,33 @@ EXCHANGE_CANCEL_PENDING = "CANCELLATION_RAISED"
 KNOWN_EXCHANGES = frozenset({"EXCHANGE_2"})
 DEFAULT_EXCHANGE = "EXCHANGE_2"
 
+#: The account of COINSWITCH_API_KEY / COINSWITCH_SECRET_KEY; others are named in
+#: COINSWITCH_ACCOUNTS.
+DEFAULT_ACCOUNT = "default"
+_ACCOUNT_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+class Priority(enum.StrEnum):
+    """How soon a request's exchange calls go: urgent ones take the next free slot first."""
+
+    URGENT = "urgent"
+    NORMAL = "normal"
+
+    @property
+    def rank(self) -> int:
+        """Sort key in a waiting room: lower goes first."""
+        return 0 if self is Priority.URGENT else 1
+
+
+class Bucket(enum.StrEnum):
+    """One of the exchange's per-key budgets (API.md §7), each scheduled on its own."""
+
+    CANCEL = "cancel"  # DELETE /futures/order
+    STATUS = "status"  # GET /futures/order
+    CANCEL_ALL = "cancel_all"  # POST /futures/cancel_all
+    OPEN_ORDERS = "open_orders"  # POST /futures/orders/open
+    CLOSED_ORDERS = "closed_orders"  # POST /futures/orders/closed
+
 
 class ErrorCode(enum.StrEnum):
     """Machine-readable `error.code` values of a record."""
@@ -77,6 +104,8 @@ class CancelRecord:
     state: OrderState
     requested_at: int
     updated_at: int
+    account: str = DEFAULT_ACCOUNT
+    priority: str = Priority.NORMAL.value
     attempts: int = 0
     final_at: int | None = None
     order: dict[str, Any] | None = None
@@ -85,9 +114,10 @@ class CancelRecord:
     # Bookkeeping the pipeline needs to stay idempotent; not part of the public contract.
     cancel_accepted: bool = False
     delete_in_flight: bool = False
-    poll_seq: int = 0
     polls: int = 0
     not_found: int = 0
+    unknown_sends: int = 0  # DELETEs in a row whose outcome was unknown
+    refused: bool = False  # the last DELETE was refused (the order may be just placed)
 
     @property
     def is_final(self) -> bool:
@@ -109,9 +139,19 @@ class CancelRecord:
     def public(self) -> dict[str, Any]:
         """The documented record (DESIGN.md §2) without internal bookkeeping."""
         data = self.to_dict()
-        for name in ("cancel_accepted", "delete_in_flight", "poll_seq", "polls", "not_found"):
+        for name in _INTERNAL_FIELDS:
             data.pop(name)
         return data
+
+
+_INTERNAL_FIELDS = (
+    "cancel_accepted",
+    "delete_in_flight",
+    "polls",
+    "not_found",
+    "unknown_sends",
+    "refused",
+)
 
 
 _UUID_RE = re.compile(
@@ -136,3 +176,27 @@ def validate_exchange(value: object) -> str:
         known = ", ".join(sorted(KNOWN_EXCHANGES))
         raise InvalidRequest("exchange", value, f"must be one of {known} (any case)")
     return value.upper()
+
+
+def validate_account(value: object) -> str:
+    """Return the account name in lower case, or raise InvalidRequest naming the value.
+
+    Whether the account is configured is the producer's question; this checks the form.
+    """
+    if not isinstance(value, str):
+        raise InvalidRequest("account", value, f"must be a string, not {type(value).__name__}")
+    name = value.lower()
+    if not _ACCOUNT_RE.fullmatch(name):
+        raise InvalidRequest(
+            "account", value, "must be a name like alpha (a letter, then letters, digits or _)"
+        )
+    return name
+
+
+def validate_priority(value: object) -> Priority:
+    """Return the Priority, or raise InvalidRequest naming the value."""
+    if isinstance(value, Priority):
+        return value
+    if isinstance(value, str) and value.lower() in {p.value for p in Priority}:
+        return Priority(value.lower())
+    raise InvalidRequest("priority", value, "must be urgent or normal")

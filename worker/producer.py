@@ -1,98 +1,135 @@
-"""What strategy services call: validate, de-duplicate, record QUEUED, enqueue the cancel.
+"""What strategy services call: validate, de-duplicate, record QUEUED and get in line.
 
-Validation happens before anything is written. A repeat request for an order already in
-flight returns its record and enqueues nothing; one for a final order returns the final
-record. If Redis cannot be reached, BrokerUnavailable is raised: never a silent drop.
+Validation happens before anything is written. One Lua call then creates each new record
+with its event and sweeper watch and puts it in its account's line for a DELETE turn, with
+its priority; the dispatchers are woken at once. No Celery message is sent here: a worker
+publishes the cancel task when the order's turn comes, so the broker never holds a backlog
+and an urgent cancel is not stuck behind one.
 
-The cancel messages of one request (each with its task-sent event for Flower) go out in one
-pipelined round trip through kombu's `Producer.batch()`, not one publish per message.
+A repeat request for an order in flight returns its record and sends nothing (an urgent
+repeat of a cancel still waiting in line moves it up); one for a final order returns the
+final record. If Redis cannot be reached, BrokerUnavailable is raised: never a silent drop.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Iterable
 
 import redis
-import structlog
-from kombu.exceptions import KombuError
 
-from worker.cancellation import expected_turn_s, watch_ms
-from worker.errors import BrokerUnavailable
-from worker.keys import CANCEL_QUEUE
-from worker.models import DEFAULT_EXCHANGE, CancelRecord, validate_exchange, validate_order_id
-from worker.tasks import cancel_order, get_services
+from worker.accounts import is_registered
+from worker.errors import BrokerUnavailable, InvalidRequest
+from worker.models import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_EXCHANGE,
+    Bucket,
+    CancelRecord,
+    OrderState,
+    Priority,
+    validate_account,
+    validate_exchange,
+    validate_order_id,
+    validate_priority,
+)
+from worker.records import now_ms
+from worker.services import Services, get_services
 
-#: Redis commands buffered before kombu flushes the pipeline (2 per cancel: the message
-#: and its task-sent event), so a large request is sent in round trips of this size.
-PUBLISH_BATCH_COMMANDS = 1000
-#: Attempts at publishing a request's messages; a failed flush may have delivered some,
-#: so the whole batch is sent again (the worker's per-order guard makes a repeat harmless).
-PUBLISH_ATTEMPTS = 3
-PUBLISH_RETRY_PAUSE_S = 0.1  # before the 2nd attempt; doubled before each later one
 
-log = structlog.get_logger(__name__)
-
-
-def request_cancel(order_id: str, exchange: str = DEFAULT_EXCHANGE) -> CancelRecord:
+def request_cancel(
+    order_id: str,
+    exchange: str = DEFAULT_EXCHANGE,
+    *,
+    account: str = DEFAULT_ACCOUNT,
+    priority: Priority | str = Priority.NORMAL,
+) -> CancelRecord:
     """Ask for one order to be cancelled; return its record (QUEUED, or as far as it got)."""
-    return request_cancels([order_id], exchange)[0]
+    return request_cancels([order_id], exchange, account=account, priority=priority)[0]
 
 
 def request_cancels(
-    order_ids: Iterable[str], exchange: str = DEFAULT_EXCHANGE
+    order_ids: Iterable[str],
+    exchange: str = DEFAULT_EXCHANGE,
+    *,
+    account: str = DEFAULT_ACCOUNT,
+    priority: Priority | str = Priority.NORMAL,
 ) -> list[CancelRecord]:
-    """Ask for several orders to be cancelled; all ids are validated before any is enqueued."""
+    """Ask for several orders to be cancelled; all input is validated before anything is written.
+
+    `account` names the API key the orders belong to (`default`, or one of the workers'
+    COINSWITCH_ACCOUNTS); `priority` `urgent` takes the next free DELETE slot ahead of every
+    normal cancel not already being sent.
+    """
     ids = [validate_order_id(order_id) for order_id in order_ids]
-    exchange = validate_exchange(exchange)
+    return enqueue(
+        get_services(),
+        ids,
+        validate_exchange(exchange),
+        validate_account(account),
+        validate_priority(priority),
+    )
+
+
+def enqueue(
+    services: Services, ids: list[str], exchange: str, account: str, priority: Priority
+) -> list[CancelRecord]:
+    """Record validated ids and put the new ones in line (also what a task sent by name does)."""
     unique = list(dict.fromkeys(ids))
-    services = get_services()
     store = services.store
     try:
-        # Each new order is watched: if its message is ever lost, the sweeper sends it again.
-        backlog = int(services.redis.llen(CANCEL_QUEUE)) + len(unique)
-        due_ms = watch_ms(services, expected_turn_s(services, backlog))
-        records, created = store.create_many(unique, exchange, watch_at_ms=due_ms)
+        _require_account(services, account)
+        records, created = store.create_many(
+            unique,
+            exchange,
+            account=account,
+            priority=priority,
+            watch_at_ms=now_ms() + services.watch_grace_ms,
+        )
+        waiting = [
+            r.order_id
+            for r, made in zip(records, created, strict=True)
+            if not made and r.state is OrderState.QUEUED and r.priority != priority.value
+        ]
+        if waiting and priority is Priority.URGENT:
+            _upgrade(services, waiting, priority)
+            records = [r or old for r, old in zip(store.get_many(unique), records, strict=True)]
+    except redis.TimeoutError as exc:
+        raise BrokerUnavailable(
+            f"Redis did not answer in time; the request may or may not be recorded "
+            f"(requesting again is safe): {exc}"
+        ) from exc
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"Redis unavailable, nothing enqueued: {exc}") from exc
-    fresh = [r.order_id for r, made in zip(records, created, strict=True) if made]
-    if fresh:
-        _publish(fresh, exchange)
     by_id = {record.order_id: record for record in records}
     return [by_id[order_id] for order_id in ids]
 
 
-def _publish(order_ids: list[str], exchange: str) -> None:
-    """Enqueue one cancel message per order, pipelined; on failure forget them and raise.
+def _require_account(services: Services, account: str) -> None:
+    """An account is known if this process or some worker (the registry) configured it."""
+    if account in services.settings.accounts:
+        return
+    if not is_registered(services.redis, services.keys, account):
+        raise InvalidRequest(
+            "account",
+            account,
+            "is not configured (COINSWITCH_ACCOUNTS and its keys, on the workers)",
+        )
 
-    A flush that fails leaves delivery uncertain, so the whole batch is sent again. If every
-    attempt fails, the records still QUEUED are dropped (a later request enqueues afresh; a
-    message that did land creates its record again in the worker) and BrokerUnavailable is
-    raised.
-    """
-    pause_s = PUBLISH_RETRY_PAUSE_S
-    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-        try:
-            with (
-                cancel_order.app.producer_or_acquire() as producer,
-                producer.batch(max_size=PUBLISH_BATCH_COMMANDS),
-            ):
-                for order_id in order_ids:
-                    cancel_order.apply_async((order_id, exchange), producer=producer)
-            return
-        except (KombuError, redis.RedisError) as exc:
-            # kombu's BatchPublishError says only "uncertain"; the Redis error is its cause.
-            error = f"{exc} ({exc.__cause__})" if exc.__cause__ else str(exc)
-            if attempt == PUBLISH_ATTEMPTS:
-                _forget(order_ids)
-                raise BrokerUnavailable(
-                    f"could not enqueue {len(order_ids)} cancels (records removed, "
-                    f"safe to request again): {error}"
-                ) from exc
-            log.warning("producer.publish_retry", attempt=attempt, error=error)
-            time.sleep(pause_s)
-            pause_s *= 2
+
+def _upgrade(services: Services, order_ids: list[str], priority: Priority) -> None:
+    """Make waiting cancels urgent: their records first, then their places in line."""
+
+    def raise_priority(record: CancelRecord) -> CancelRecord | None:
+        if record.state is not OrderState.QUEUED or record.priority == priority.value:
+            return None
+        record.priority = priority.value
+        return record
+
+    for order_id in order_ids:
+        services.store.update(order_id, raise_priority)
+    account_of = {r.order_id: r.account for r in services.store.get_many(order_ids) if r}
+    for account in set(account_of.values()):
+        jobs = [order_id for order_id, name in account_of.items() if name == account]
+        services.scheduler.upgrade(account, Bucket.CANCEL, jobs, priority)
 
 
 def get_record(order_id: str) -> CancelRecord | None:
@@ -104,9 +141,3 @@ def get_records(order_ids: Iterable[str]) -> list[CancelRecord | None]:
     """Current records of several orders, in one round trip."""
     ids = [validate_order_id(order_id) for order_id in order_ids]
     return get_services().store.get_many(ids)
-
-
-def _forget(order_ids: list[str]) -> None:
-    """Best effort: drop records whose cancels were not enqueued, so a retry enqueues them."""
-    with contextlib.suppress(redis.RedisError):
-        get_services().store.discard_queued(order_ids)

@@ -15,48 +15,66 @@ from typing import Any
 import redis
 
 from worker.keys import Keys
-from worker.models import CancelRecord, OrderState
+from worker.models import DEFAULT_ACCOUNT, Bucket, CancelRecord, OrderState, Priority
+from worker.scheduler import LIBRARY, budget_id, room_keys
 
 DEFAULT_EVENTS_MAXLEN = 100_000  # approximate cap of the event stream (entries)
 
 #: Upper bounds (seconds) of the request → final histogram that metrics expose.
 TIME_TO_FINAL_BUCKETS_S = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 
-#: Create the records that do not exist yet, each with its QUEUED event, count and watch.
-#: KEYS: [1] events stream, [2] state counts hash, [3] due zset, [4..] record keys
+#: Create the records that do not exist yet, each with its QUEUED event, count and watch,
+#: and put each new one in line for a DELETE turn; wake the dispatchers.
+#: KEYS: [1] events stream, [2] state counts hash, [3] due zset, [4..7] the cancel line
+#:       (ready, later, info, active index), [8] wake list, [9..] record keys
 #: ARGV: [1] TTL s, [2] watch-at ms or "", [3] events maxlen, [4] exchange, [5] now ms,
-#:       then (order_id, record JSON) for each record key in order
+#:       [6] account, [7] priority, [8] rank, [9] budget id, then (order_id, record JSON)
+#:       for each record key in order
 #: Returns: a list of 1 (created) / 0 (existed), one per record key.
-CREATE_LUA = """
-local created = {}
-for i = 4, #KEYS do
-  local n = (i - 4) * 2
-  local order_id, body = ARGV[6 + n], ARGV[7 + n]
+CREATE_LUA = (
+    LIBRARY
+    + """
+local created, any = {}, false
+local now = clock()
+for i = 9, #KEYS do
+  local n = (i - 9) * 2
+  local order_id, body = ARGV[10 + n], ARGV[11 + n]
   if redis.call('SET', KEYS[i], body, 'NX', 'EX', tonumber(ARGV[1])) then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'order_id', order_id,
-      'exchange', ARGV[4], 'state', 'QUEUED', 'previous', '', 'at', ARGV[5], 'error_code', '')
+      'exchange', ARGV[4], 'account', ARGV[6], 'priority', ARGV[7], 'state', 'QUEUED',
+      'previous', '', 'at', ARGV[5], 'error_code', '')
     redis.call('HINCRBY', KEYS[2], 'QUEUED', 1)
     if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), order_id) end
+    join(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[9], order_id, tonumber(ARGV[8]), now,
+      tonumber(ARGV[5]), n / 2, now)
     created[#created + 1] = 1
+    any = true
   else
     created[#created + 1] = 0
   end
 end
+if any then wake(KEYS[8]) end
 return created
 """
+)
 
-#: Undo CREATE_LUA for records still QUEUED (their cancel was never enqueued); a record a
-#: worker has already moved on is kept, since its cancel is under way.
-#: KEYS: [1] state counts hash, [2] due zset, [3..] record keys
+#: Undo CREATE_LUA for records still QUEUED and still waiting in line (nothing sent them
+#: yet); a record a worker has already moved on is kept, since its cancel is under way.
+#: KEYS: [1] state counts hash, [2] due zset, [3..5] the cancel room, [6..] record keys
 #: ARGV: the order id of each record key, in order
 #: Returns: how many records were removed.
 DISCARD_LUA = """
 local removed = 0
-for i = 3, #KEYS do
+for i = 6, #KEYS do
+  local order_id = ARGV[i - 5]
   local body = redis.call('GET', KEYS[i])
-  if body and cjson.decode(body)['state'] == 'QUEUED' then
+  local waiting = redis.call('ZSCORE', KEYS[3], order_id) or redis.call('ZSCORE', KEYS[4], order_id)
+  if body and waiting and cjson.decode(body)['state'] == 'QUEUED' then
     redis.call('DEL', KEYS[i])
-    redis.call('ZREM', KEYS[2], ARGV[i - 2])
+    redis.call('ZREM', KEYS[2], order_id)
+    redis.call('ZREM', KEYS[3], order_id)
+    redis.call('ZREM', KEYS[4], order_id)
+    redis.call('HDEL', KEYS[5], order_id)
     removed = removed + 1
   end
 end
@@ -105,23 +123,38 @@ class RecordStore:
         return [None if raw is None else CancelRecord.from_dict(json.loads(raw)) for raw in raws]
 
     def create(
-        self, order_id: str, exchange: str, *, watch_at_ms: int | None = None
+        self,
+        order_id: str,
+        exchange: str,
+        *,
+        account: str = DEFAULT_ACCOUNT,
+        priority: Priority = Priority.NORMAL,
+        watch_at_ms: int | None = None,
     ) -> tuple[CancelRecord, bool]:
         """Create a QUEUED record unless one exists; return (record, created)."""
-        records, created = self.create_many([order_id], exchange, watch_at_ms=watch_at_ms)
+        records, created = self.create_many(
+            [order_id], exchange, account=account, priority=priority, watch_at_ms=watch_at_ms
+        )
         return records[0], created[0]
 
     def create_many(
-        self, order_ids: list[str], exchange: str, *, watch_at_ms: int | None = None
+        self,
+        order_ids: list[str],
+        exchange: str,
+        *,
+        account: str = DEFAULT_ACCOUNT,
+        priority: Priority = Priority.NORMAL,
+        watch_at_ms: int | None = None,
     ) -> tuple[list[CancelRecord], list[bool]]:
         """Create QUEUED records for the ids that have none, atomically, in one round trip.
 
-        Each new record gets its QUEUED event and state count in the same script, and with
-        `watch_at_ms` the sweeper watches it from then on, so no record exists that nothing
-        would ever look at. Existing records are returned as they are.
+        Each new record gets its QUEUED event and state count in the same script, joins the
+        account's line for a DELETE turn, and with `watch_at_ms` the sweeper watches it from
+        then on, so no record exists that nothing would ever look at. Existing records are
+        returned as they are.
         """
         at = now_ms()
-        fresh = [_queued(order_id, exchange, at) for order_id in order_ids]
+        fresh = [_queued(order_id, exchange, account, priority, at) for order_id in order_ids]
         if not fresh:
             return [], []
         flags = self._create(
@@ -129,6 +162,8 @@ class RecordStore:
                 self.keys.events,
                 self.keys.state_counts,
                 self.keys.due,
+                *room_keys(self.keys, account, Bucket.CANCEL),
+                self.keys.wake,
                 *(self.keys.record(r.order_id) for r in fresh),
             ],
             args=[
@@ -137,6 +172,10 @@ class RecordStore:
                 self.events_maxlen,
                 exchange,
                 at,
+                account,
+                priority.value,
+                priority.rank,
+                budget_id(account, Bucket.CANCEL),
                 *(item for r in fresh for item in (r.order_id, json.dumps(r.to_dict()))),
             ],
         )
@@ -146,14 +185,20 @@ class RecordStore:
         records = [r if made else (next(existing) or r) for r, made in pairs]
         return records, created
 
-    def discard_queued(self, order_ids: list[str]) -> int:
-        """Remove the QUEUED records of cancels that could not be enqueued; return how many.
+    def discard_queued(self, order_ids: list[str], account: str = DEFAULT_ACCOUNT) -> int:
+        """Remove QUEUED records still waiting in line (nothing sent them); return how many.
 
-        Their counts and sweeper watches go too, so a later request creates them afresh.
+        Their counts, sweeper watches and places in line go too, so a later request creates
+        them afresh.
         """
         if not order_ids:
             return 0
-        keys = [self.keys.state_counts, self.keys.due, *map(self.keys.record, order_ids)]
+        keys = [
+            self.keys.state_counts,
+            self.keys.due,
+            *room_keys(self.keys, account, Bucket.CANCEL)[:3],
+            *map(self.keys.record, order_ids),
+        ]
         return int(self._discard(keys=keys, args=order_ids))
 
     def update(self, order_id: str, change: Change) -> CancelRecord | None:
@@ -261,6 +306,8 @@ class RecordStore:
         event = {
             "order_id": record.order_id,
             "exchange": record.exchange,
+            "account": record.account,
+            "priority": record.priority,
             "state": record.state.value,
             "previous": previous.value if previous else "",
             "at": str(record.updated_at),
@@ -271,12 +318,16 @@ class RecordStore:
         )
 
 
-def _queued(order_id: str, exchange: str, at: int) -> CancelRecord:
+def _queued(
+    order_id: str, exchange: str, account: str, priority: Priority, at: int
+) -> CancelRecord:
     return CancelRecord(
         order_id=order_id,
         exchange=exchange,
         state=OrderState.QUEUED,
         requested_at=at,
         updated_at=at,
+        account=account,
+        priority=priority.value,
         history=[{"state": OrderState.QUEUED.value, "at": at}],
     )

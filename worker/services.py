@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -9,22 +10,19 @@ import redis
 import requests
 from requests.adapters import HTTPAdapter
 
+from worker.accounts import AccountInfo, registered
 from worker.exchange import ExchangeClient
 from worker.keys import Keys
 from worker.lease import Leases
-from worker.ratelimit import Limiter
 from worker.records import RecordStore
-from worker.settings import Rate, Settings
+from worker.scheduler import Scheduler
+from worker.settings import Settings
 from worker.signing import Signer
 
 HTTP_POOL_SIZE = 16  # connections kept open to the exchange, per worker process
 REDIS_SOCKET_TIMEOUT_S = 5.0
 REDIS_HEALTH_CHECK_INTERVAL_S = 15
-
-#: Endpoint names of the limiter buckets.
-CANCEL = "cancel"
-STATUS = "status"
-CANCEL_ALL = "cancel_all"
+SWEEP_SLACK_S = 5.0  # the sweeper steps in this long after redelivery would have
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -40,15 +38,15 @@ def connect_redis(url: str) -> redis.Redis:
 
 @dataclass
 class Services:
-    """Redis, records, leases and (when credentials are set) the limiter and exchange client."""
+    """Redis, records, leases, the scheduler and (per account, with its keys) exchange clients."""
 
     settings: Settings
-    #: Budgets by bucket; from the Celery task annotations in a worker, else from settings.
-    rates: dict[str, Rate] | None = None
     redis: redis.Redis = field(init=False)
     keys: Keys = field(init=False)
     store: RecordStore = field(init=False)
     leases: Leases = field(init=False)
+    _clients: dict[str, ExchangeClient] = field(init=False, default_factory=dict)
+    _clients_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.redis = connect_redis(self.settings.redis_url)
@@ -56,31 +54,76 @@ class Services:
         self.store = RecordStore(self.redis, self.keys, ttl_s=self.settings.record_ttl_s)
         self.leases = Leases(self.redis)
 
-    @cached_property
-    def limiter(self) -> Limiter:
-        """The fleet-wide limiter of this API key (needs COINSWITCH_API_KEY)."""
-        api_key, _ = self.settings.require_credentials()
-        rates = {
-            CANCEL: self.settings.cancel_rate,
-            STATUS: self.settings.status_rate,
-            CANCEL_ALL: self.settings.cancel_all_rate,
-            **(self.rates or {}),
+    @property
+    def watch_grace_ms(self) -> int:
+        """How long work under way may stay silent before the sweeper looks at it."""
+        return int((self.settings.visibility_timeout_s + SWEEP_SLACK_S) * 1000)
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        """A task's hold on an order: its longest wait for a turn plus its longest request."""
+        settings = self.settings
+        return int((settings.connect_timeout_s + settings.read_timeout_s + 10.0) * 1000)
+
+    def local_accounts(self) -> dict[str, AccountInfo]:
+        """The accounts of this process's own configuration that have an API key."""
+        return {
+            name: account.info()
+            for name, account in self.settings.accounts.items()
+            if account.api_key is not None
         }
-        return Limiter(
-            self.redis, self.keys, api_key, rates, margin_ms=self.settings.rate_margin_ms
+
+    def _scheduler(self, accounts: dict[str, AccountInfo]) -> Scheduler:
+        return Scheduler(
+            self.redis,
+            self.keys,
+            accounts,
+            margin_floor_ms=self.settings.rate_margin_ms,
+            margin_ceiling_ms=self.settings.rate_margin_max_ms,
+            watch_ms=self.watch_grace_ms,
         )
 
     @cached_property
-    def exchange(self) -> ExchangeClient:
-        """The signed exchange client over one pooled session (needs both keys)."""
-        api_key, secret = self.settings.require_credentials()
+    def scheduler(self) -> Scheduler:
+        """The scheduler of the accounts this process serves (its own configuration)."""
+        return self._scheduler(self.local_accounts())
+
+    def observer(self) -> Scheduler:
+        """A read-only view of every account workers registered, plus this process's own."""
+        return self._scheduler({**registered(self.redis, self.keys), **self.local_accounts()})
+
+    def exchange(self, account: str) -> ExchangeClient:
+        """The signed exchange client of one account (needs its keys), over one shared pool."""
+        with self._clients_lock:
+            client = self._clients.get(account)
+            if client is None:
+                api_key, secret = self.settings.account(account).require_keys()
+                client = ExchangeClient(
+                    self._session,
+                    self.settings.base_url,
+                    Signer(api_key, secret),
+                    timeout_s=(self.settings.connect_timeout_s, self.settings.read_timeout_s),
+                )
+                self._clients[account] = client
+            return client
+
+    @cached_property
+    def _session(self) -> requests.Session:
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=HTTP_POOL_SIZE, max_retries=0)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=HTTP_POOL_SIZE, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        return ExchangeClient(
-            session,
-            self.settings.base_url,
-            Signer(api_key, secret),
-            timeout_s=(self.settings.connect_timeout_s, self.settings.read_timeout_s),
-        )
+        return session
+
+
+_services: Services | None = None
+_services_lock = threading.Lock()
+
+
+def get_services() -> Services:
+    """This process's Services, built on first use from the environment."""
+    global _services
+    with _services_lock:
+        if _services is None:
+            _services = Services(Settings.from_env())
+        return _services

@@ -1,9 +1,9 @@
 """Process supervision for `cancel-worker worker` and `cancel-worker run`.
 
-`worker` runs two Celery workers, one per queue, so a poll waiting for status budget never
-holds a thread a cancel needs. `run` adds what a laptop lacks: an embedded redis-server
-(when REDIS_URL does not answer), the sandbox (when no credentials are set), beat, Flower
-and the metrics endpoint. Ctrl-C or SIGTERM stops every child, then waits for each.
+`worker` runs two Celery workers, one per queue, so a status read never holds a thread a
+cancel needs. `run` adds what a laptop lacks: an embedded redis-server (when REDIS_URL does
+not answer), the sandbox (when no credentials are set), Flower and the metrics endpoint.
+Ctrl-C or SIGTERM stops every child, then waits for each.
 """
 
 from __future__ import annotations
@@ -281,10 +281,7 @@ def run_stack(options: RunOptions) -> int:
             options.cancel_concurrency, options.poll_concurrency
         ).items():
             supervisor.start(name, args, env, restart=True)
-        schedule = options.data_dir / "beat-schedule"
         options.data_dir.mkdir(parents=True, exist_ok=True)
-        beat = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-s", str(schedule)]
-        supervisor.start("beat", beat, env, restart=True)
         flower = [
             sys.executable, "-m", "celery", "-A", "worker", "flower",
             "--address=127.0.0.1", f"--port={options.flower_port}",
@@ -301,7 +298,7 @@ def run_stack(options: RunOptions) -> int:
         wait_until(lambda: _http_ok(f"{flower_url}/healthcheck"), READY_TIMEOUT_S, "Flower")
         wait_until(lambda: _http_ok(metrics_url), READY_TIMEOUT_S, "metrics")
         lines += [
-            "Workers     cancels + polls (Celery, threads pool) and beat (the sweeper)",
+            "Workers     cancels + polls (Celery, threads pool; each dispatches and sweeps)",
             f"Flower      {flower_url}"
             + ("  (auth from FLOWER_BASIC_AUTH)" if env.get("FLOWER_BASIC_AUTH") else ""),
             f"Metrics     {metrics_url}",

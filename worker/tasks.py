@@ -1,58 +1,56 @@
 """Thin Celery tasks: check the message, bind log context, call cancellation, follow its Step.
 
-Retries are driven by the Step a plain function returns (never by matching strings). Any
-unexpected error still leaves a record: the order goes UNCONFIRMED and the sweeper re-checks.
+A task either takes a request (sent by name, with no `turn`): it records the order and puts
+it in line; or uses a turn the dispatcher handed out (`turn` set): one exchange call, then
+the order joins the line its Step names. Nothing retries inside Celery, so no task holds a
+thread or a message while it waits for budget. Any unexpected error still leaves a record:
+the order goes UNCONFIRMED and is re-checked slowly.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import redis
 import structlog
-from celery.exceptions import Reject, Retry
+from celery import bootsteps
+from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
 from worker.cancellation import (
-    Next,
+    Move,
     Step,
-    execute_cancel,
-    execute_poll,
+    cancel_turn,
+    check_turn,
+    follow,
     give_to_sweeper,
     sweep,
 )
-from worker.celery_app import CANCEL_TASK, POLL_TASK, SWEEP_TASK, app, fleet_rates, settings
+from worker.celery_app import CANCEL_TASK, POLL_TASK, SWEEP_TASK, app
+from worker.dispatcher import SWEEP_BATCH, Dispatcher
 from worker.errors import InvalidRequest
-from worker.keys import KOMBU_UNACKED_INDEX
 from worker.models import (
+    DEFAULT_ACCOUNT,
     DEFAULT_EXCHANGE,
+    Bucket,
     ErrorCode,
+    Priority,
+    validate_account,
     validate_exchange,
     validate_order_id,
+    validate_priority,
 )
+from worker.producer import enqueue
 from worker.records import now_ms
-from worker.services import Services
+from worker.scheduler import Released
+from worker.services import Services, get_services
 
 REDIS_RETRY_PAUSE_S = 1.0  # pause before handing a message back after a Redis failure
 
 log = structlog.get_logger(__name__)
-
-_services: Services | None = None
-_services_lock = threading.Lock()
-
-
-def get_services() -> Services:
-    """This process's Services, built on first use (after any fork)."""
-    global _services
-    with _services_lock:
-        if _services is None:
-            _services = Services(settings, rates=fleet_rates(app))
-        return _services
 
 
 @dataclass(frozen=True)
@@ -61,49 +59,49 @@ class Message:
 
     order_id: str
     exchange: str = DEFAULT_EXCHANGE
-    seq: int = 0
-    recheck: bool = False
+    account: str = DEFAULT_ACCOUNT
+    priority: Priority = Priority.NORMAL
+    turn: str | None = None  # set by the dispatcher: the budget slot this delivery may use
+
+
+#: Keywords every message may carry; a poll also accepts the old `seq` and `recheck`.
+_KEYWORDS = ("account", "priority", "turn")
+_POLL_COMPAT = ("seq", "recheck")
 
 
 def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any], *, poll: bool) -> Message:
     """Validate a task message's arguments (they may come from any producer, in any shape)."""
-    names = ("order_id", "exchange", "seq", "recheck") if poll else ("order_id", "exchange")
-    if len(args) > len(names):
+    names = ("order_id", "exchange")
+    if len(args) > len(names) + (2 if poll else 0):
         raise InvalidRequest("args", list(args), f"takes at most {len(names)} arguments")
     values: dict[str, Any] = dict(zip(names, args, strict=False))
+    extra = dict(zip(_POLL_COMPAT, args[len(names) :], strict=False)) if poll else {}
     for name, value in kwargs.items():
-        if name not in names or name in values:
+        known = name in _KEYWORDS or (poll and name in _POLL_COMPAT)
+        if not known or name in values or name in extra:
             raise InvalidRequest(name, value, "is not an argument of this task (or repeated)")
-        values[name] = value
+        (extra if name in _POLL_COMPAT else values)[name] = value
     if "order_id" not in values:
         raise InvalidRequest("order_id", None, "is required")
-    seq = values.get("seq", 0)
+    seq = extra.get("seq", 0)
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise InvalidRequest("seq", seq, "must be a non-negative integer")
-    recheck = values.get("recheck", False)
-    if not isinstance(recheck, bool):
-        raise InvalidRequest("recheck", recheck, "must be a boolean")
+    if not isinstance(extra.get("recheck", False), bool):
+        raise InvalidRequest("recheck", extra["recheck"], "must be a boolean")
+    turn = values.get("turn")
+    if turn is not None and not isinstance(turn, str):
+        raise InvalidRequest("turn", turn, "must be a string")
     return Message(
         order_id=validate_order_id(values["order_id"]),
         exchange=validate_exchange(values.get("exchange", DEFAULT_EXCHANGE)),
-        seq=seq,
-        recheck=recheck,
+        account=validate_account(values.get("account", DEFAULT_ACCOUNT)),
+        priority=validate_priority(values.get("priority", Priority.NORMAL.value)),
+        turn=turn,
     )
 
 
 def _owner(task: Any) -> str:
     return f"{task.request.id}:{task.request.retries}"
-
-
-def _heartbeat(task: Any, services: Services) -> Callable[[], None]:
-    """Keep this delivery from being handed out again while it is still being worked on."""
-    tag = (task.request.properties or {}).get("delivery_tag")
-
-    def beat() -> None:
-        if tag:
-            services.redis.zadd(KOMBU_UNACKED_INDEX, {tag: time.time()}, xx=True)
-
-    return beat
 
 
 def _dead_letter(task: Any, exc: InvalidRequest) -> None:
@@ -121,33 +119,6 @@ def _dead_letter(task: Any, exc: InvalidRequest) -> None:
     log.error("task.dead_letter", **entry)
 
 
-def _unexpected(services: Services, order_id: str, exc: Exception) -> None:
-    """Record an unexpected failure so the order is never left without a record."""
-    log.exception("task.unexpected_error", error=str(exc))
-    give_to_sweeper(services, order_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-
-
-def _follow(task: Any, step: Step, message: Message) -> None:
-    """Do what a Step asks: start polling, re-send the cancel, or run this task again."""
-    if step.next is Next.POLL:
-        record_seq = step.record.poll_seq if step.record is not None else 0
-        poll_order_status.apply_async(
-            (message.order_id, message.exchange),
-            {"seq": record_seq},
-            countdown=settings.poll_initial_delay_s,
-        )
-    elif step.next is Next.RESEND:
-        cancel_order.apply_async((message.order_id, message.exchange))
-    elif step.next is Next.RETRY:
-        kwargs = {"seq": message.seq + 1} if task.name == POLL_TASK else {}
-        raise task.retry(
-            args=(message.order_id, message.exchange),
-            kwargs=kwargs,
-            countdown=step.delay_s,
-            max_retries=None,
-        )
-
-
 def _redis_down(exc: Exception) -> NoReturn:
     """Redis failed mid-task: put the message back rather than lose it.
 
@@ -159,75 +130,118 @@ def _redis_down(exc: Exception) -> NoReturn:
     raise Reject(exc, requeue=True)
 
 
+def _take_request(services: Services, message: Message, *, poll: bool) -> str:
+    """A message sent by name: record the order (a cancel) or queue a status read (a poll)."""
+    if not poll:
+        enqueue(services, [message.order_id], message.exchange, message.account, message.priority)
+        return "queued"
+    record = services.store.get(message.order_id)
+    if record is None or record.is_final:
+        return "no_record" if record is None else "final"
+    follow(services, services.scheduler, record.order_id, Step(Move.CHECK, record=record))
+    return "queued"
+
+
+def _use_turn(services: Services, task: Any, message: Message, *, poll: bool) -> str:
+    """Make the one exchange call this turn allows, then put the order in its next line."""
+    scheduler = services.scheduler
+    if message.account not in scheduler.accounts:
+        # Handed out by a dispatcher that serves this account; this worker cannot sign for it.
+        log.error("task.account_not_served", account=message.account)
+        follow(services, scheduler, message.order_id, Step(Move.CHECK if poll else Move.CANCEL))
+        return "not_served"
+    bucket = Bucket.STATUS if poll else Bucket.CANCEL
+    turn = scheduler.turn(message.account, bucket, message.turn or "")
+    try:
+        run = check_turn if poll else cancel_turn
+        step = run(services, message.order_id, turn, owner=_owner(task))
+    finally:
+        turn.give_back()
+    follow(services, scheduler, message.order_id, step)
+    return step.move.value
+
+
 def _run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, poll: bool) -> str:
-    """Parse the message, run one cancel or poll step, and follow it; never lose the order."""
+    """Parse the message, take the request or use the turn; never lose the order."""
     try:
         message = parse_message(args, kwargs, poll=poll)
     except InvalidRequest as exc:
         _dead_letter(task, exc)
         return "dead_letter"
     services = get_services()
-    context = {"order_id": message.order_id, "task_id": task.request.id}
-    with structlog.contextvars.bound_contextvars(**context, attempt=task.request.retries):
-        beat = _heartbeat(task, services)
+    context = {"order_id": message.order_id, "task_id": task.request.id, "account": message.account}
+    with structlog.contextvars.bound_contextvars(**context):
         try:
-            if poll:
-                step = execute_poll(
-                    services,
-                    message.order_id,
-                    message.seq,
-                    owner=_owner(task),
-                    heartbeat=beat,
-                    recheck=message.recheck,
-                )
-            else:
-                step = execute_cancel(
-                    services, message.order_id, message.exchange, owner=_owner(task), heartbeat=beat
-                )
-            _follow(task, step, message)
-        except Retry:
-            raise
+            if message.turn is None:
+                return _take_request(services, message, poll=poll)
+            return _use_turn(services, task, message, poll=poll)
+        except InvalidRequest as exc:  # e.g. an account no worker serves
+            _dead_letter(task, exc)
+            return "dead_letter"
         except (redis.RedisError, OperationalError) as exc:
             _redis_down(exc)
-        except Exception as exc:  # recorded as UNCONFIRMED for the sweeper, never lost
+        except Exception as exc:  # recorded as UNCONFIRMED and re-checked, never lost
+            log.exception("task.unexpected_error", error=str(exc))
             try:
-                _unexpected(services, message.order_id, exc)
+                step = give_to_sweeper(
+                    services, message.order_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+                )
+                follow(services, services.scheduler, message.order_id, step)
             except (redis.RedisError, OperationalError) as redis_exc:
                 _redis_down(redis_exc)
             return "unexpected_error"
-        return step.next.value
 
 
-@app.task(name=CANCEL_TASK, bind=True, max_retries=None)
+@app.task(name=CANCEL_TASK, bind=True)
 def cancel_order(self: Any, *args: Any, **kwargs: Any) -> str:
-    """Cancel one order: send the signed DELETE within the fleet budget, then start polling.
+    """Cancel one order: sent by name it queues the order; on its turn it sends the DELETE.
 
-    Arguments (JSON): `order_id` (UUID string), `exchange` (optional, default EXCHANGE_2).
+    Arguments (JSON): `order_id` (UUID string), `exchange` (optional, default EXCHANGE_2);
+    keywords `account` (default `default`) and `priority` (`urgent` or `normal`).
     """
     return _run(self, args, kwargs, poll=False)
 
 
-@app.task(name=POLL_TASK, bind=True, max_retries=None)
+@app.task(name=POLL_TASK, bind=True)
 def poll_order_status(self: Any, *args: Any, **kwargs: Any) -> str:
-    """Read the order's status once; retry with a growing countdown until it is final.
+    """Read one order's status on its turn; sent by name it queues a status read.
 
-    Arguments (JSON): `order_id`, `exchange`, and keyword `seq` (poll number, from 0).
+    Arguments (JSON): `order_id`, `exchange` (optional). The cancel queues these itself.
     """
     return _run(self, args, kwargs, poll=True)
 
 
 @app.task(name=SWEEP_TASK)
 def sweep_due() -> int:
-    """Enqueue slow re-checks of UNCONFIRMED orders and of polls that went quiet."""
+    """Put lost work back in line now (every worker's dispatcher also does this on its own)."""
     services = get_services()
-    items = sweep(services, limit=settings.status_rate.count)
-    for item in items:
-        if item.action is Next.RESEND:
-            cancel_order.apply_async((item.order_id, item.exchange))
-        else:
-            poll_order_status.apply_async(
-                (item.order_id, item.exchange), {"seq": item.seq, "recheck": True}
-            )
-    if items:
-        log.info("sweep.enqueued", count=len(items))
-    return len(items)
+    return sweep(services, services.scheduler, limit=SWEEP_BATCH)
+
+
+def publish_turn(turn: Released) -> None:
+    """Publish a turn the dispatcher handed out as the task that uses it."""
+    task = cancel_order if turn.bucket is Bucket.CANCEL else poll_order_status
+    task.apply_async((turn.job,), {"account": turn.account, "turn": turn.member})
+
+
+class DispatcherStep(bootsteps.StartStopStep):
+    """Runs a Dispatcher in every worker process, for as long as the worker runs."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.dispatcher: Dispatcher | None = None
+
+    def start(self, parent: Any) -> None:
+        services = get_services()
+        services.settings.signing_accounts()  # fail at start-up, naming what is missing
+        self.dispatcher = Dispatcher(services, services.scheduler, publish_turn)
+        self.dispatcher.start()
+
+    def stop(self, parent: Any) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+
+
+app.steps["worker"].add(DispatcherStep)

@@ -42,6 +42,7 @@ OPTIONS = (
     "--timeout-ms",
     "--malformed-rate",
     "--latency-ms",
+    "--latency-jitter-ms",
     "--refuse-status",
     "--unknown-order-status",
     "--missing-epoch-status",

@@ -180,6 +180,26 @@ def test_latency_knob_delays_every_response(make_sandbox: MakeSandbox) -> None:
     assert time.monotonic() - started >= 0.15
 
 
+def test_latency_jitter_delays_arrivals_by_a_seeded_0_to_j(make_sandbox: MakeSandbox) -> None:
+    """latency_jitter_ms delays each request 0..J ms before the rate limiter stamps it,
+    varying from request to request; the same seed draws the same delays."""
+    handle = make_sandbox(latency_jitter_ms=120, seed=5)
+    client = client_for(handle)
+    lateness = []
+    for _ in range(12):
+        sent = time.time() * 1000
+        client.status("x")
+        arrived = handle.admin.stats()["endpoints"]["status"]["arrivals_ms"][-1]
+        lateness.append(arrived - sent)
+    assert all(-2 <= late <= 120 + 15 for late in lateness), lateness
+    assert max(lateness) - min(lateness) > 40  # it varies, like a network
+    twin = make_sandbox(latency_jitter_ms=120, seed=5).app
+    first = make_sandbox(latency_jitter_ms=120, seed=5).app
+    draws = [first.network_delay_ms(first.config) for _ in range(5)]
+    assert draws == [twin.network_delay_ms(twin.config) for _ in range(5)]
+    assert all(0 <= d <= 120 for d in draws)
+
+
 def test_fault_targeted_at_an_order_skips_other_orders(
     sandbox: SandboxHandle, client: CoinSwitchClient
 ) -> None:

@@ -69,3 +69,21 @@ def test_unauthorized_requests_do_not_spend_budget(make_sandbox: MakeSandbox) ->
     assert client.status("x").status_code == 404
     stats = handle.admin.stats()["endpoints"]["status"]
     assert (stats["requests"], stats["unauthorized"], stats["max_in_window"]) == (4, 3, 4)
+
+
+def test_stats_count_each_key_on_its_own(make_sandbox: MakeSandbox) -> None:
+    """by_key gives each API key its own arrivals, busiest window and 429s."""
+    pairs = [generate_keypair(), generate_keypair()]
+    handle = make_sandbox(api_keys=[p for p, _ in pairs], status_limit="2/10s")
+    a, b = (CoinSwitchClient(handle.url, p, s) for p, s in pairs)
+    for _ in range(3):
+        a.status("x")
+    b.status("x")
+    by_key = handle.admin.stats()["endpoints"]["status"]["by_key"]
+    mine, theirs = by_key[pairs[0][0][:8]], by_key[pairs[1][0][:8]]
+    assert (len(mine["arrivals_ms"]), mine["max_in_window"], mine["rate_limited"]) == (3, 3, 1)
+    assert (len(theirs["arrivals_ms"]), theirs["max_in_window"], theirs["rate_limited"]) == (
+        1,
+        1,
+        0,
+    )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -152,6 +154,8 @@ class SandboxApp:
         self.limiter = SlidingWindowLimiter()
         self.stats = Stats()
         self.faults = FaultPlan(config.seed)
+        self._jitter = random.Random(f"{config.seed}:jitter")
+        self._jitter_lock = threading.Lock()
 
     @property
     def config(self) -> SandboxConfig:
@@ -175,6 +179,8 @@ class SandboxApp:
         self.stats.reset()
         self.faults.reset(seed)
         self.limiter.reset()
+        with self._jitter_lock:
+            self._jitter = random.Random(f"{seed}:jitter")
 
     def handle(self, req: Request) -> Reply:
         """Answer one request."""
@@ -195,8 +201,18 @@ class SandboxApp:
 
     # ---- exchange endpoints ----------------------------------------------------------
 
+    def network_delay_ms(self, cfg: SandboxConfig) -> float:
+        """The next one-way delay (ms) of a network that varies by up to J ms (seeded)."""
+        if cfg.latency_jitter_ms <= 0:
+            return 0.0
+        with self._jitter_lock:
+            return self._jitter.uniform(0, cfg.latency_jitter_ms)
+
     def _exchange(self, endpoint: str, req: Request) -> Reply:
         cfg = self.config
+        delay_ms = self.network_delay_ms(cfg)
+        if delay_ms > 0:
+            time.sleep(delay_ms / 1000)  # the request is still on its way to the exchange
         now = self._clock()
         limit, period_s = cfg.limit_for(endpoint)
         period_ms = max(1, round(period_s * 1000))
@@ -223,7 +239,7 @@ class SandboxApp:
             self.stats.count(endpoint, "unauthorized")
             return _message(exc.status, exc.message, note=exc.reason, **extra)
         if not self.limiter.admit(bucket, endpoint, now, limit, period_ms):
-            self.stats.count(endpoint, "rate_limited")
+            self.stats.count(endpoint, "rate_limited", bucket)
             return _message(429, MSG_RATE_LIMITED, **extra)
 
         fault = self.faults.next(endpoint, cfg, order_id, client_order_id)

@@ -251,6 +251,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="added before every exchange response",
     )
     add(
+        "--latency-jitter-ms",
+        type=_millis,
+        metavar="J",
+        default=0,
+        help="each request reaches the rate limiter after a seeded random delay of 0 to J ms "
+        "(a network whose one-way delay varies)",
+    )
+    add(
         "--refuse-status",
         type=_status_code(REFUSE_STATUSES),
         metavar="CODE",

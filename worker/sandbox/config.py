@@ -82,6 +82,7 @@ class SandboxConfig:
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     malformed_rate: float = 0.0  # 200 with a truncated body; the op took effect
     latency_ms: int = 0  # added before every exchange response
+    latency_jitter_ms: int = 0  # 0..J ms (seeded) before a request reaches the rate limiter
     refuse_status: int = DEFAULT_REFUSE_STATUS
     unknown_order_status: int = DEFAULT_UNKNOWN_ORDER_STATUS
     missing_epoch_status: int = DEFAULT_MISSING_EPOCH_STATUS
@@ -112,6 +113,7 @@ class SandboxConfig:
             "just_placed_ms",
             "timeout_ms",
             "latency_ms",
+            "latency_jitter_ms",
             "max_skew_ms",
         ):
             _check(name, getattr(self, name), _is_non_negative_int)

@@ -1,7 +1,8 @@
 """Per-endpoint counters for the admin stats endpoint: what a test needs to prove limits.
 
 `max_in_window` counts ARRIVALS (whatever the answer) in any window of the limit's length,
-per rate bucket: the number the exchange would hold a client to.
+per rate bucket: the number the exchange would hold a client to. `by_key` gives the same
+per API key (or client IP), named by its first KEY_PREFIX_CHARS characters.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Final
 from worker.sandbox.config import ENDPOINTS, SandboxConfig
 
 MAX_ARRIVALS_KEPT: Final = 10_000
+KEY_PREFIX_CHARS: Final = 8
 COUNTERS: Final = ("requests", "rate_limited", "unauthorized", "faulted")
 
 
@@ -26,6 +28,16 @@ class EndpointStats:
     max_in_window: int = 0
     arrivals: deque[int] = field(default_factory=lambda: deque(maxlen=MAX_ARRIVALS_KEPT))
     windows: dict[str, deque[int]] = field(default_factory=dict)
+    by_key: dict[str, BucketStats] = field(default_factory=dict)
+
+
+@dataclass
+class BucketStats:
+    """Arrivals and 429s of one rate bucket (an API key or client IP) at one endpoint."""
+
+    max_in_window: int = 0
+    rate_limited: int = 0
+    arrivals: deque[int] = field(default_factory=lambda: deque(maxlen=MAX_ARRIVALS_KEPT))
 
 
 class Stats:
@@ -51,11 +63,18 @@ class Stats:
             while window and window[0] <= now_ms - period_ms:
                 window.popleft()
             stats.max_in_window = max(stats.max_in_window, len(window))
+            own = stats.by_key.setdefault(bucket[:KEY_PREFIX_CHARS], BucketStats())
+            own.arrivals.append(now_ms)
+            own.max_in_window = max(own.max_in_window, len(window))
 
-    def count(self, endpoint: str, counter: str) -> None:
-        """Bump one of COUNTERS."""
+    def count(self, endpoint: str, counter: str, bucket: str | None = None) -> None:
+        """Bump one of COUNTERS (a 429 also for its bucket)."""
         with self._lock:
-            self._endpoints[endpoint].counts[counter] += 1
+            stats = self._endpoints[endpoint]
+            stats.counts[counter] += 1
+            if bucket is not None and counter == "rate_limited":
+                own = stats.by_key.setdefault(bucket[:KEY_PREFIX_CHARS], BucketStats())
+                own.rate_limited += 1
 
     def snapshot(self, config: SandboxConfig) -> dict[str, Any]:
         """The `endpoints` part of `GET /_sandbox/stats`."""
@@ -72,6 +91,14 @@ class Stats:
                     **stats.counts,
                     "max_in_window": stats.max_in_window,
                     "arrivals_ms": list(stats.arrivals),
+                    "by_key": {
+                        key: {
+                            "max_in_window": own.max_in_window,
+                            "rate_limited": own.rate_limited,
+                            "arrivals_ms": list(own.arrivals),
+                        }
+                        for key, own in stats.by_key.items()
+                    },
                 }
             return out
 

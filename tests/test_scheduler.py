@@ -1,0 +1,262 @@
+"""The budget scheduler on a real Redis: lines, turns, the commit check and the margin."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from worker.accounts import AccountInfo
+from worker.keys import Keys
+from worker.models import Bucket, Priority
+from worker.rates import Rate
+from worker.scheduler import (
+    MARGIN_HEADROOM,
+    Scheduler,
+    future_slots,
+    nth_slot,
+)
+
+KEYS = Keys("t")
+RATES = {bucket: Rate(3, 0.3) for bucket in Bucket}
+
+
+def make(
+    client: redis.Redis,
+    *,
+    accounts: tuple[str, ...] = ("default",),
+    rates: dict[Bucket, Rate] | None = None,
+    floor_ms: int = 20,
+    ceiling_ms: int = 500,
+) -> Scheduler:
+    infos = {name: AccountInfo(name, f"fp-{name}", rates or RATES) for name in accounts}
+    return Scheduler(
+        client, KEYS, infos, margin_floor_ms=floor_ms, margin_ceiling_ms=ceiling_ms, watch_ms=1000
+    )
+
+
+def jobs(n: int, prefix: str = "job") -> list[str]:
+    return [f"{prefix}{i:03d}" for i in range(n)]
+
+
+# --- slot arithmetic (pure) ------------------------------------------------------------------
+
+
+def test_future_slots_keep_every_window_at_the_limit() -> None:
+    """From an empty schedule, `limit` slots are free now, then one window apart each."""
+    assert future_slots([], 1000, 2, 100, 0, 5) == [1000, 1000, 1100, 1100, 1200]
+    assert future_slots([950, 990], 1000, 2, 100, 0, 2) == [1050, 1090]
+
+
+def test_future_slots_respect_a_pause() -> None:
+    """Nothing is handed out before a 429 pause ends."""
+    assert future_slots([], 1000, 2, 100, 1500, 3) == [1500, 1500, 1600]
+
+
+def test_future_slots_with_the_reserve_keep_an_urgent_wait_under_one_interval() -> None:
+    """With the reserve, a normal backlog's schedule never leaves a window full for longer
+    than one slot interval, and it still sends `limit` per window in the long run."""
+    limit, window = 10, 2050
+    interval = -(-window // limit)
+    slots = future_slots([], 0, limit, window, 0, 300, reserve=True)
+    assert slots[:9] == [0] * 9  # a short burst still goes at once
+    for t in range(0, slots[-1], 7):  # an urgent job arriving at any moment
+        inside = [s for s in slots if t - window < s <= t]
+        if len(inside) >= limit:
+            assert inside[-limit] + window - t <= interval
+    steady = slots[100:]
+    rate = (len(steady) - 1) / (steady[-1] - steady[0])
+    assert rate == pytest.approx(limit / window, rel=0.01)
+
+
+def test_nth_slot_extrapolates_past_the_simulation() -> None:
+    """Far slots are one window per `limit` sends after the simulated ones."""
+    booked = [990, 995]
+    for n in (0, 3, 10, 25_001):
+        exact = future_slots(booked, 1000, 2, 100, 0, n + 1)[-1] if n < 1000 else None
+        estimate = nth_slot(booked, 1000, 2, 100, 0, n)
+        if exact is not None:
+            assert estimate == exact
+    assert nth_slot([], 0, 10, 60_000, 0, 25_000) == 25_000 // 10 * 60_000
+
+
+# --- lines and turns ---------------------------------------------------------------------------
+
+
+def test_urgent_jobs_get_turns_first_then_first_come(redis_client: redis.Redis) -> None:
+    """Turns go to urgent jobs before normal ones, and in arrival order within each."""
+    scheduler = make(redis_client)
+    scheduler.join("default", Bucket.CANCEL, jobs(4, "n"))
+    scheduler.join("default", Bucket.CANCEL, jobs(3, "u"), priority=Priority.URGENT)
+    turns, wait_s = scheduler.release()
+    assert [t.job for t in turns] == ["u000", "u001", "u002"]  # the 3 free slots
+    assert wait_s is not None and 0 < wait_s <= 0.3 + 0.02 + 0.01
+
+
+def test_normal_jobs_leave_the_last_slot_for_urgent_work(redis_client: redis.Redis) -> None:
+    """A normal backlog takes a window's last free slot only within one slot interval of the
+    window freeing, so an urgent job arriving any time before waits for nothing."""
+    scheduler = make(redis_client)  # 3 per 300 ms + 20 ms margin: a slot interval of 107 ms
+    scheduler.join("default", Bucket.CANCEL, jobs(5, "n"))
+    turns, wait_s = scheduler.release()
+    assert [t.job for t in turns] == ["n000", "n001"]
+    assert wait_s is not None and 0.2 <= wait_s <= 0.32 - 0.1
+    scheduler.join("default", Bucket.CANCEL, ["u"], priority=Priority.URGENT)
+    urgent, _ = scheduler.release()
+    assert [t.job for t in urgent] == ["u"]
+
+
+def test_a_line_is_served_only_when_its_window_frees(redis_client: redis.Redis) -> None:
+    """After `limit` turns, the next comes one window (period + margin) after the first."""
+    scheduler = make(redis_client)
+    scheduler.join("default", Bucket.CANCEL, jobs(4), priority=Priority.URGENT)
+    first, _ = scheduler.release()
+    for turn in first:
+        assert scheduler.turn("default", Bucket.CANCEL, turn.member).take()
+    assert scheduler.release()[0] == []
+    time.sleep(0.33)  # one window: 300 ms + the 20 ms margin floor
+    second, _ = scheduler.release()
+    assert [t.job for t in second] == ["job003"]
+
+
+def test_commit_refuses_a_send_over_the_limit(redis_client: redis.Redis) -> None:
+    """Whatever turns were handed out, no window ever holds more than `limit` sends: a
+    surplus commit is told how long to wait."""
+    scheduler = make(redis_client)
+    members = [f"m{i}" for i in range(4)]
+    results = [scheduler.commit("default", Bucket.CANCEL, m) for m in members]
+    assert [ok for ok, _ in results] == [True, True, True, False]
+    wait_ms = results[3][1]
+    assert 300 <= wait_ms <= 320 + 5
+
+
+def test_concurrent_commits_never_exceed_the_limit(redis_client: redis.Redis) -> None:
+    """Eight threads committing as fast as they can keep every window at the limit."""
+    params = redis_client.connection_pool.connection_kwargs
+    stop = time.monotonic() + 1.2
+    sent: list[int] = []
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        scheduler = make(redis.Redis(**params))
+        i = 0
+        while time.monotonic() < stop:
+            ok, value = scheduler.commit("default", Bucket.CANCEL, f"t{n}-{i}")
+            i += 1
+            if ok:
+                with lock:
+                    sent.append(value)
+            else:
+                time.sleep(value / 1000)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    times = sorted(sent)
+    window = 300 + 20
+    assert len(times) >= 9  # about 3 windows' worth
+    assert all(times[i + 3] - times[i] >= window for i in range(len(times) - 3))
+
+
+def test_a_pause_holds_every_turn(redis_client: redis.Redis) -> None:
+    """After a 429, no turn is handed out and no commit passes until the pause ends."""
+    scheduler = make(redis_client)
+    paused_ms = scheduler.pause("default", Bucket.CANCEL)
+    assert paused_ms == 300 + 20
+    scheduler.join("default", Bucket.CANCEL, jobs(1))
+    turns, wait_s = scheduler.release()
+    assert turns == [] and wait_s is not None and wait_s > 0.25
+    ok, wait_ms = scheduler.commit("default", Bucket.CANCEL, "x")
+    assert not ok and wait_ms > 250
+    assert scheduler.usage("default", Bucket.CANCEL).rate_limited == 1
+
+
+def test_a_turn_given_back_frees_its_slot(redis_client: redis.Redis) -> None:
+    """A turn its job did not use (the order was final) is free for the next job at once."""
+    scheduler = make(redis_client)
+    scheduler.join("default", Bucket.CANCEL, jobs(4), priority=Priority.URGENT)
+    turns, _ = scheduler.release()
+    scheduler.turn("default", Bucket.CANCEL, turns[0].member).give_back()
+    again, _ = scheduler.release()
+    assert [t.job for t in again] == ["job003"]
+
+
+def test_a_countdown_job_queues_when_due_with_its_rank(redis_client: redis.Redis) -> None:
+    """A job joined with a delay waits out its countdown, then goes ahead of normal jobs if
+    it is urgent."""
+    scheduler = make(redis_client, rates={b: Rate(1, 0.2) for b in Bucket})
+    scheduler.join("default", Bucket.STATUS, ["busy"])
+    first, _ = scheduler.release()
+    assert [t.job for t in first] == ["busy"]
+    scheduler.join("default", Bucket.STATUS, ["later"], priority=Priority.URGENT, delay_s=0.1)
+    scheduler.join("default", Bucket.STATUS, ["normal"])
+    time.sleep(0.25)
+    turns, _ = scheduler.release()
+    assert [t.job for t in turns] == ["later"]
+
+
+def test_joining_twice_keeps_the_earlier_place(redis_client: redis.Redis) -> None:
+    """A job already in line keeps its place when it joins again (a duplicate request)."""
+    scheduler = make(redis_client, rates={b: Rate(1, 60.0) for b in Bucket})
+    scheduler.join("default", Bucket.CANCEL, ["a", "b"])
+    scheduler.join("default", Bucket.CANCEL, ["a"])
+    assert redis_client.zrange(KEYS.room_ready("default", Bucket.CANCEL), 0, -1) == ["a", "b"]
+
+
+def test_one_accounts_line_never_holds_anothers(redis_client: redis.Redis) -> None:
+    """A long line on one account does not delay another account's first turn."""
+    scheduler = make(redis_client, accounts=("alpha", "beta"))
+    scheduler.join("alpha", Bucket.CANCEL, jobs(30, "a"), priority=Priority.URGENT)
+    scheduler.join("beta", Bucket.CANCEL, ["b0"])
+    turns, _ = scheduler.release()
+    assert [t.job for t in turns if t.account == "beta"] == ["b0"]
+    assert len([t for t in turns if t.account == "alpha"]) == 3
+
+
+def test_another_fleets_lines_are_left_alone(redis_client: redis.Redis) -> None:
+    """A dispatcher hands out no turn for an account it does not serve, and does not spin
+    on that line."""
+    other = make(redis_client, accounts=("gamma",))
+    other.join("gamma", Bucket.CANCEL, jobs(2))
+    ours = make(redis_client)
+    turns, wait_s = ours.release()
+    assert turns == [] and wait_s is None
+    assert redis_client.zcard(KEYS.room_ready("gamma", Bucket.CANCEL)) == 2
+
+
+def test_waiting_reports_place_and_expected_time(redis_client: redis.Redis) -> None:
+    """A job's place in line and expected send time follow the budget: an urgent 7th job of
+    a 3-per-window line goes two windows from now; normal jobs as the reserve paces them."""
+    scheduler = make(redis_client, rates={b: Rate(3, 60.0) for b in Bucket})
+    scheduler.join("default", Bucket.CANCEL, jobs(8), priority=Priority.URGENT)
+    waiting = scheduler.waiting("default", Bucket.CANCEL, "job006")
+    assert waiting is not None
+    assert (waiting.place, waiting.ready) == (7, 8)
+    assert waiting.eta_ms - waiting.now_ms == 2 * (60_000 + 20)
+    scheduler.join("default", Bucket.CANCEL, ["normal"])
+    usage = scheduler.usage("default", Bucket.CANCEL)
+    paced = future_slots([], 0, 3, 60_020, 0, 9, reserve=True)[-1]
+    assert usage.waiting == 9 and usage.waiting_urgent == 8
+    assert usage.drain_s == pytest.approx(paced / 1000, abs=0.01)
+    assert scheduler.waiting("default", Bucket.CANCEL, "nobody") is None
+
+
+# --- the margin --------------------------------------------------------------------------------
+
+
+def test_margin_learns_from_spans_within_floor_and_ceiling(redis_client: redis.Redis) -> None:
+    """The margin is the largest recent span with headroom, never below the floor nor above
+    the ceiling, and every window widens with it."""
+    scheduler = make(redis_client, floor_ms=20, ceiling_ms=500)
+    assert scheduler.margin_ms() == 20
+    assert scheduler.observe(5) == 20  # loopback-fast: the floor
+    assert scheduler.observe(150) == round(150 * MARGIN_HEADROOM)
+    assert scheduler.observe(10) == round(150 * MARGIN_HEADROOM)  # the largest recent span
+    assert scheduler.observe(5000) == 500
+    assert scheduler.margin_ms() == 500
+    assert scheduler.pause("default", Bucket.CANCEL) == 300 + 500
+    assert redis_client.ttl(KEYS.margin) > 0  # forgotten after a quiet spell

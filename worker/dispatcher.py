@@ -1,0 +1,117 @@
+"""The dispatcher: one thread in every worker process that hands out turns and sweeps.
+
+It asks the scheduler for every free slot of every budget (one Lua call), publishes each
+turn as a Celery task, and sleeps until the next slot frees or a job joins a line (a wake
+token in Redis, taken by one dispatcher with BLPOP). Every worker runs one, and they compete
+through Lua, so nothing depends on any single process: kill a host and the others carry on.
+The same loop runs the periodic duties that used to need beat: the sweep (one dispatcher
+per interval, through a lock) and the account registry that producers and read-only tools
+read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+import structlog
+
+from worker.accounts import register
+from worker.cancellation import sweep
+from worker.records import now_ms
+from worker.scheduler import Released, Scheduler
+from worker.services import Services
+
+IDLE_WAIT_S = 5.0  # when nothing is due, look again this often (a join wakes it sooner)
+ERROR_PAUSE_S = 1.0  # after a Redis error, before trying again
+REGISTRY_REFRESH_S = 60.0  # how often a worker re-registers the accounts it serves
+SWEEP_BATCH = 500  # orders the sweeper looks at per interval, at most
+LISTEN_TIMEOUT_S = 1.0
+STOP_TIMEOUT_S = 5.0
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[Released], None]
+
+
+class Dispatcher:
+    """Hands out turns as budgets free up, and runs the fleet's periodic duties."""
+
+    def __init__(self, services: Services, scheduler: Scheduler, publish: Publish) -> None:
+        self.services = services
+        self.scheduler = scheduler
+        self.publish = publish
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._owner = uuid.uuid4().hex
+        self._next_registry = 0.0
+        self._next_sweep = 0.0
+
+    def start(self) -> None:
+        """Start the loop and the wake listener as daemon threads."""
+        for name, target in (("dispatcher", self._loop), ("dispatcher-wake", self._listen)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("dispatcher.started", accounts=sorted(self.scheduler.accounts))
+
+    def stop(self) -> None:
+        """Stop both threads (turns already published are the workers' to finish)."""
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT_S)
+
+    def run_once(self) -> float | None:
+        """Hand out every free slot and run due duties; return the next wait (None: idle)."""
+        turns, wait_s = self.scheduler.release()
+        for turn in turns:
+            try:
+                self.publish(turn)
+            except Exception as exc:  # the sweeper puts the job back in line
+                log.error("dispatcher.publish_failed", job=turn.job, error=str(exc))
+        self._duties()
+        return wait_s
+
+    def _duties(self) -> None:
+        now, services = time.monotonic(), self.services
+        if now >= self._next_registry:
+            register(services.redis, services.keys, services.settings.accounts, now_ms())
+            self._next_registry = now + REGISTRY_REFRESH_S
+        if now >= self._next_sweep:
+            interval_s = self.services.settings.sweep_interval_s
+            self._next_sweep = now + interval_s
+            lock = self.services.keys.sweep_lock
+            if self.services.redis.set(lock, self._owner, nx=True, px=int(interval_s * 1000)):
+                requeued = sweep(self.services, self.scheduler, limit=SWEEP_BATCH)
+                if requeued:
+                    log.info("sweep.done", requeued=requeued)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                wait_s = self.run_once()
+            except redis.RedisError as exc:
+                log.warning("dispatcher.redis_unavailable", error=str(exc))
+                wait_s = ERROR_PAUSE_S
+            except Exception:  # keep dispatching whatever one round did
+                log.exception("dispatcher.error")
+                wait_s = ERROR_PAUSE_S
+            until_duty = min(self._next_registry, self._next_sweep) - time.monotonic()
+            timeout = min(IDLE_WAIT_S if wait_s is None else wait_s, max(0.0, until_duty))
+            self._wake.wait(min(timeout, IDLE_WAIT_S))
+            self._wake.clear()
+
+    def _listen(self) -> None:
+        """Wake the loop when a job joins a line anywhere in the fleet (if this one takes it)."""
+        while not self._stopping.is_set():
+            try:
+                if self.services.redis.blpop([self.services.keys.wake], LISTEN_TIMEOUT_S):
+                    self._wake.set()
+            except redis.RedisError as exc:
+                log.debug("dispatcher.listen_error", error=str(exc))
+                self._stopping.wait(ERROR_PAUSE_S)
