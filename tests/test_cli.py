@@ -91,6 +91,64 @@ def test_unreachable_redis_is_a_clear_error() -> None:
     assert "Redis unavailable" in result.stderr and "nothing enqueued" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("cancel", str(uuid.UUID(int=1, version=4))),
+        ("status", str(uuid.UUID(int=1, version=4))),
+        ("limits",),
+        ("metrics", "--port", "0"),
+    ],
+)
+@pytest.mark.parametrize("redis_url", ["dead", "nonsense"])
+def test_every_command_fails_cleanly_without_redis(args: tuple[str, ...], redis_url: str) -> None:
+    """Redis unreachable, or a REDIS_URL that is not one: one line naming the problem, exit
+    4, no traceback."""
+    from tests.redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0" if redis_url == "dead" else "nonsense"
+    result = cli(*args, env={"REDIS_URL": url})
+    assert result.returncode == 4, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    expected = "Redis unavailable at" if redis_url == "dead" else "REDIS_URL: 'nonsense'"
+    assert lines[0].startswith("cancel-worker: error: ") and expected in lines[0]
+
+
+def test_status_of_an_unknown_order_is_a_json_line(redis_url: str) -> None:
+    """`status ID --json` for an order with no record prints a JSON line with state null."""
+    order_id = str(uuid.uuid4())
+    result = cli("status", order_id, "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"order_id": order_id, "state": None}
+
+
+def test_status_of_a_bad_id_says_nothing_about_enqueueing() -> None:
+    """A bad id given to `status` exits 2 naming it; nothing was going to be enqueued."""
+    result = cli("status", "not-a-uuid")
+    assert result.returncode == 2
+    assert "'not-a-uuid'" in result.stderr and "enqueued" not in result.stderr
+
+
+def test_read_only_commands_need_no_keys(workers: Path) -> None:
+    """`limits`, `status` and `metrics` work with REDIS_URL alone: no key, no secret; the
+    accounts come from the registry the workers keep."""
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("COINSWITCH_", "CANCEL_"))}
+    bare["REDIS_URL"] = SERVICE_ENV["REDIS_URL"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker.cli", *args],
+            cwd=ROOT, env=bare, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+        )  # fmt: skip
+
+    limits = run("limits", "--json")
+    assert limits.returncode == 0, limits.stderr
+    accounts = {json.loads(line).get("account") for line in limits.stdout.splitlines()}
+    assert {"default", "alpha", "beta"} <= accounts
+    assert run("status", str(uuid.uuid4())).returncode == 1  # no record: a clean answer
+
+
 def test_bad_configuration_names_the_variable() -> None:
     """A malformed rate variable stops the command with a message naming it."""
     result = cli("status", str(uuid.uuid4()), env={"COINSWITCH_CANCEL_RATE_LIMIT": "lots"})
@@ -114,9 +172,16 @@ def test_limits_shows_budgets_per_account_and_queues(workers: Path) -> None:
     assert {row["queue"] for row in rows if "queue" in row} == {"cancels", "polls"}
 
 
-@pytest.mark.parametrize("command", ["cancel", "status", "limits", "sandbox"])
-def test_every_command_has_help(command: str) -> None:
-    """Each sub-command explains itself with --help and exits 0."""
+@pytest.mark.parametrize("command", ["cancel", "status", "limits", "worker", "metrics", "run"])
+def test_every_command_has_help_with_exit_codes(command: str) -> None:
+    """Each sub-command explains itself with --help, including its exit codes, and exits 0."""
     result = cli(command, "--help")
     assert result.returncode == 0
     assert "usage: cancel-worker" in result.stdout
+    assert "exit codes:" in result.stdout and "  4  Redis unreachable" in result.stdout
+
+
+def test_sandbox_has_help() -> None:
+    """`sandbox --help` explains every knob and exits 0."""
+    result = cli("sandbox", "--help")
+    assert result.returncode == 0 and "--latency-jitter-ms" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -112,20 +113,52 @@ def stack() -> Iterator[dict[str, Any]]:
                 proc.wait(timeout=10)
 
 
+def stack_processes(redis_url: str) -> dict[int, tuple[str, dict[str, str]]]:
+    """pid → (command line, environment) of every process started with this REDIS_URL."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw_env = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        env = dict(item.decode(errors="replace").split("=", 1) for item in raw_env if b"=" in item)
+        if env.get("REDIS_URL") == redis_url:
+            found[int(entry.name)] = (cmdline, env)
+    return found
+
+
 def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) -> None:
-    """`run` with no Redis and no keys: embedded Redis and sandbox, a demo order cancels via
-    the CLI, Flower lists the task, metrics count it, and Ctrl-C leaves no process behind."""
+    """`run` with no Redis and no keys: embedded Redis and sandbox, a demo order cancels with
+    the printed command, Flower lists the task, metrics count it, only the workers hold the
+    secret, and Ctrl-C stops the workers and tools before the sandbox and Redis, leaving no
+    process behind."""
     proc, output, ports = stack["proc"], stack["output"], stack["ports"]
+    redis_url = stack["env"]["REDIS_URL"]
     assert "(embedded, data in" in output.text
     assert "SANDBOX" in output.text and "nothing reaches CoinSwitch" in output.text
-    match = re.search(r"cancel-worker cancel ([0-9a-f-]{36}) --wait", output.text)  # or a path
+    # The demo command carries the REDIS_URL another shell needs (no key is needed).
+    pattern = rf"REDIS_URL={re.escape(redis_url)} \S*cancel-worker cancel ([0-9a-f-]{{36}}) --wait"
+    match = re.search(pattern, output.text)
     assert match, output.text[-3000:]
     order_id = match.group(1)
+
+    processes = stack_processes(redis_url)
+    signers = [env for cmd, env in processes.values() if " worker -Q " in cmd]
+    readers = [env for cmd, env in processes.values() if " flower" in cmd or " metrics" in cmd]
+    assert signers and len(readers) >= 2
+    assert all("COINSWITCH_SECRET_KEY" in env for env in signers)
+    assert not any(k for env in readers for k in env if "SECRET" in k)
 
     result = subprocess.run(
         [sys.executable, "-m", "worker.cli", "cancel", order_id, "--wait", "--timeout", "60"],
         cwd=ROOT,
-        env=path_env({**os.environ, "REDIS_URL": stack["env"]["REDIS_URL"]}),
+        env=path_env(
+            {k: v for k, v in os.environ.items() if not k.startswith("COINSWITCH_")}
+            | {"REDIS_URL": redis_url}
+        ),
         capture_output=True,
         text=True,
         timeout=90,
@@ -150,9 +183,56 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
     assert 'cancel_worker_requests_total{account="default",bucket="cancel"} 1.0' in metrics
     assert "cancel_worker_time_to_final_seconds_count 1.0" in metrics
 
+    signalled_at = len(output.text)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     assert proc.wait(timeout=40) == 0, output.text[-3000:]
     wait_for(lambda: not processes_in_group(proc.pid), 10, "every child to exit")
+    wait_for(lambda: not stack_processes(redis_url), 10, "Redis and the sandbox to exit")
+    shutdown = output.text[signalled_at:]
+    stopped = [
+        json.loads(line)["child"]
+        for line in shutdown.splitlines()
+        if line.startswith("{") and '"stack.child_stopped"' in line
+    ]
+    assert set(stopped[-2:]) == {"redis", "sandbox"}, stopped  # the infrastructure goes last
+    assert "CRITICAL" not in shutdown and "Traceback" not in shutdown, shutdown[-3000:]
+
+
+def test_a_second_run_is_refused_before_it_starts_anything(stack: dict[str, Any]) -> None:
+    """`run` on ports another stack holds exits 4 at once, naming the flag to change."""
+    ports = stack["ports"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COINSWITCH_", "CANCEL_"))}
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "worker.cli", "run",
+            "--sandbox-port", str(ports["sandbox"]),
+            "--flower-port", str(ports["flower"]),
+            "--metrics-port", str(ports["metrics"]),
+        ],
+        cwd=ROOT,
+        env=path_env({**env, "REDIS_URL": stack["env"]["REDIS_URL"]}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 4, result.stdout + result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert "already in use" in error and "--flower-port" in error
+    assert "cancel-worker is running" not in result.stdout
+
+
+def test_run_help_gives_every_option_a_default() -> None:
+    """`run --help` describes each option with its default, and the exit codes."""
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "run", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    text = " ".join(result.stdout.split())
+    for option in ("--data-dir", "--sandbox-port", "--flower-port", "--metrics-port",
+                   "--cancel-concurrency", "--poll-concurrency"):  # fmt: skip
+        described = text.split(option, 2)[-1].split("(default:", 1)
+        assert len(described) == 2 and len(described[0]) > 10, option
+    assert "exit codes:" in result.stdout
 
 
 def procfile() -> dict[str, str]:

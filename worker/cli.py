@@ -1,31 +1,30 @@
-"""The `cancel-worker` command line: cancel, status, limits, sandbox.
+"""The `cancel-worker` command line: cancel, status, limits, worker, metrics, run, sandbox.
 
-Exit codes: 0 every order ended well (or, without --wait, was enqueued); 1 an order ended
-FAILED; 2 bad input (nothing enqueued); 3 --wait timed out; 4 Redis or configuration error.
+Exit codes, the same for every command: 0 ok; 1 an order ended FAILED or has no record (or
+a process the command runs failed); 2 bad input, nothing written; 3 `--wait` timed out;
+4 Redis unreachable or configuration error. Every failure is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError
 
 from worker import stack
 from worker.errors import BrokerUnavailable, ConfigError, InvalidRequest
-from worker.models import (
-    DEFAULT_ACCOUNT,
-    DEFAULT_EXCHANGE,
-    Bucket,
-    CancelRecord,
-    OrderState,
-    Priority,
-)
+from worker.models import DEFAULT_ACCOUNT, DEFAULT_EXCHANGE, Bucket, OrderState, Priority
+from worker.progress import Progress, record_line, show, waiting_json, waiting_text, where
 from worker.sandbox import cli as sandbox_cli
-from worker.scheduler import Scheduler, Waiting
+from worker.settings import DEFAULT_REDIS_URL, redact_url
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -35,8 +34,25 @@ EXIT_UNAVAILABLE = 4
 
 DEFAULT_WAIT_TIMEOUT_S = 120.0
 WAIT_POLL_INTERVAL_S = 0.1  # how often --wait re-reads the records (one MGET each time)
-WAIT_REPORT_S = 5.0  # how often --wait says when the next send is expected (not on a TTY)
-TTY_REPORT_S = 0.5  # how often the live progress line is redrawn on a TTY
+
+_CODES = {
+    EXIT_OK: "ok",
+    EXIT_FAILED: "an order ended FAILED or has no record",
+    EXIT_BAD_INPUT: "bad input: nothing was written",
+    EXIT_TIMEOUT: "--wait timed out",
+    EXIT_UNAVAILABLE: "Redis unreachable, or a configuration error",
+}
+
+
+def _exit_codes(*codes: int, failed: str | None = None) -> str:
+    lines = [
+        f"  {code}  {failed if code == EXIT_FAILED and failed else _CODES[code]}" for code in codes
+    ]
+    return "exit codes:\n" + "\n".join(lines)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown for every option; the epilog (exit codes) kept as written."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = commands.add_parser(
         "cancel",
-        help="enqueue cancels for one or more orders",
-        description="Validate the order ids, record them QUEUED and enqueue their cancels. "
-        "A repeat request for an order in flight enqueues nothing and shows its record.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="request cancels for one or more orders",
+        description="Validate the order ids, record them QUEUED and put them in line for a "
+        "DELETE turn. A repeat request for an order in flight sends nothing and shows its "
+        "record (an urgent repeat moves a waiting cancel up).",
+        epilog=_exit_codes(EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT, EXIT_UNAVAILABLE),
+        formatter_class=_Formatter,
     )
     cancel.add_argument("order_ids", nargs="+", metavar="ORDER_ID", help="exchange order id (UUID)")
     cancel.add_argument("--exchange", default=DEFAULT_EXCHANGE, help="futures exchange, any case")
@@ -70,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="urgent: take the next free DELETE slot ahead of every normal cancel",
     )
     cancel.add_argument(
-        "--wait", action="store_true", help="show progress until every order is final"
+        "--wait",
+        action="store_true",
+        help="print each state change and when the next send is expected, until every order "
+        "is final; then a summary by state",
     )
     cancel.add_argument(
         "--timeout",
@@ -79,23 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --wait, give up after S seconds (exit 3)",
     )
-    cancel.add_argument("--json", action="store_true", help="print one JSON record per line")
+    cancel.add_argument("--json", action="store_true", help="print one JSON object per line")
     cancel.set_defaults(func=_cancel)
 
     status = commands.add_parser(
         "status",
         help="print the records of one or more orders",
-        description="Print what is known about each order's cancellation.",
+        description="Print what is known about each order's cancellation and, while it "
+        "waits, its place in line and expected send time. Needs only REDIS_URL.",
+        epilog=_exit_codes(EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE),
+        formatter_class=_Formatter,
     )
     status.add_argument("order_ids", nargs="+", metavar="ORDER_ID", help="exchange order id (UUID)")
-    status.add_argument("--json", action="store_true", help="print one JSON record per line")
+    status.add_argument("--json", action="store_true", help="print one JSON object per line")
     status.set_defaults(func=_status)
 
     limits = commands.add_parser(
         "limits",
-        help="show each rate-limit bucket's use and the queue backlog",
-        description="Show the fleet-wide budgets: use in the current window, slots booked "
-        "ahead, any 429 pause, and how many messages wait in each queue.",
+        help="show each account's budgets, lines and the margin",
+        description="Show every registered account's budgets: use in the current window, "
+        "turns handed out, any 429 pause, how many wait in line and when the line drains; "
+        "the margin added to every window; how many messages wait in each queue. Needs "
+        "only REDIS_URL.",
+        epilog=_exit_codes(EXIT_OK, EXIT_UNAVAILABLE),
+        formatter_class=_Formatter,
     )
     limits.add_argument("--json", action="store_true", help="print one JSON object per line")
     limits.set_defaults(func=_limits)
@@ -104,29 +132,43 @@ def build_parser() -> argparse.ArgumentParser:
         "worker",
         help="run the Celery workers (one per queue) of one host",
         description="Start two Celery workers, one for the cancels queue and one for the "
-        "polls queue, so a poll waiting for status budget never delays a cancel. Run one "
-        "per host (or container) and scale by adding hosts. Each worker also runs a "
-        "dispatcher that hands out budget turns and sweeps: no beat is needed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "polls queue, so a status read never holds a thread a cancel needs; restart one that "
+        "dies. Each also runs a dispatcher that hands out budget turns and sweeps, so no "
+        "beat is needed. Run one per host (or container); scale by adding hosts.",
+        epilog=_exit_codes(EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, failed="a worker kept dying"),
+        formatter_class=_Formatter,
     )
     worker.add_argument(
-        "--cancel-concurrency", type=int, default=stack.DEFAULT_CANCEL_CONCURRENCY, metavar="N"
+        "--cancel-concurrency",
+        type=int,
+        default=stack.DEFAULT_CANCEL_CONCURRENCY,
+        metavar="N",
+        help="threads sending DELETEs",
     )
     worker.add_argument(
-        "--poll-concurrency", type=int, default=stack.DEFAULT_POLL_CONCURRENCY, metavar="N"
+        "--poll-concurrency",
+        type=int,
+        default=stack.DEFAULT_POLL_CONCURRENCY,
+        metavar="N",
+        help="threads reading statuses",
     )
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--loglevel", default="INFO", help="Celery's log level")
     worker.set_defaults(func=_worker)
 
     metrics = commands.add_parser(
         "metrics",
         help="serve Prometheus metrics for the whole fleet",
-        description="Serve /metrics: budget use per bucket, 429s, queue depth (waiting and "
-        "held by workers), orders by state and time to final, read from Redis per scrape.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Serve /metrics: per account and budget the use, lines and 429s; the "
+        "margin; queue depth (waiting and held by workers); workers per queue; orders by "
+        "state; dead letters; time to final; read from Redis at each scrape. Needs only "
+        "REDIS_URL.",
+        epilog=_exit_codes(EXIT_OK, EXIT_UNAVAILABLE),
+        formatter_class=_Formatter,
     )
-    metrics.add_argument("--host", default="127.0.0.1")
-    metrics.add_argument("--port", type=int, default=stack.DEFAULT_METRICS_PORT)
+    metrics.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    metrics.add_argument(
+        "--port", type=int, default=stack.DEFAULT_METRICS_PORT, help="port to listen on"
+    )
     metrics.set_defaults(func=_metrics)
 
     run = commands.add_parser(
@@ -134,14 +176,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole stack on this machine (Redis, sandbox, workers, Flower, metrics)",
         description="Use REDIS_URL if it answers, else start redis-server on its port with "
         "data in --data-dir; without COINSWITCH_API_KEY/SECRET_KEY start the sandbox "
-        "exchange (and say so); start the workers, Flower and the metrics endpoint. "
-        "Ctrl-C stops everything.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "exchange (and say so); start the workers, Flower and the metrics endpoint. Ports "
+        "already in use are refused before anything starts. Ctrl-C stops the workers, "
+        "Flower and metrics first, then the sandbox and the Redis it started.",
+        epilog=_exit_codes(EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, failed="a process died"),
+        formatter_class=_Formatter,
     )
-    run.add_argument("--data-dir", type=Path, default=Path(stack.DEFAULT_DATA_DIR))
-    run.add_argument("--sandbox-port", type=int, default=stack.DEFAULT_SANDBOX_PORT)
-    run.add_argument("--flower-port", type=int, default=stack.DEFAULT_FLOWER_PORT)
-    run.add_argument("--metrics-port", type=int, default=stack.DEFAULT_METRICS_PORT)
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(stack.DEFAULT_DATA_DIR),
+        help="where the embedded Redis keeps its AOF data",
+    )
+    run.add_argument(
+        "--sandbox-port",
+        type=int,
+        default=stack.DEFAULT_SANDBOX_PORT,
+        help="port of the sandbox exchange (when no keys are set)",
+    )
+    run.add_argument(
+        "--flower-port", type=int, default=stack.DEFAULT_FLOWER_PORT, help="port of Flower"
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=stack.DEFAULT_METRICS_PORT,
+        help="port of the Prometheus metrics endpoint",
+    )
+    run.add_argument(
+        "--cancel-concurrency",
+        type=int,
+        default=stack.DEFAULT_CANCEL_CONCURRENCY,
+        metavar="N",
+        help="threads sending DELETEs",
+    )
+    run.add_argument(
+        "--poll-concurrency",
+        type=int,
+        default=stack.DEFAULT_POLL_CONCURRENCY,
+        metavar="N",
+        help="threads reading statuses",
+    )
     run.set_defaults(func=_run)
 
     sandbox_cli.add_parser(commands)
@@ -154,127 +229,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except InvalidRequest as exc:
-        print(f"cancel-worker: error: {exc}; nothing was enqueued", file=sys.stderr)
+        written = "; nothing was enqueued" if args.command == "cancel" else ""
+        print(f"cancel-worker: error: {exc}{written}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (BrokerUnavailable, ConfigError) as exc:
         print(f"cancel-worker: error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except (redis.RedisError, OperationalError) as exc:
+        where_to = redact_url(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
+        print(f"cancel-worker: error: Redis unavailable at {where_to}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     return code
-
-
-def _record_line(record: CancelRecord) -> str:
-    line = f"{record.order_id}  {record.state.value}"
-    if record.error:
-        line += f"  error={record.error.get('code')}: {record.error.get('message')}"
-    if record.attempts:
-        line += f"  attempts={record.attempts}"
-    if record.account != DEFAULT_ACCOUNT:
-        line += f"  account={record.account}"
-    if record.priority != Priority.NORMAL.value:
-        line += f"  priority={record.priority}"
-    return line
-
-
-def _show(record: CancelRecord, as_json: bool, out: TextIO) -> None:
-    print(json.dumps(record.public()) if as_json else _record_line(record), file=out, flush=True)
-
-
-def _where(observer: Scheduler, record: CancelRecord) -> Waiting | None:
-    """Where an unfinished order waits: in line for a DELETE, or for a status read."""
-    if record.is_final:
-        return None
-    for bucket in (Bucket.CANCEL, Bucket.STATUS):
-        waiting = observer.waiting(record.account, bucket, record.order_id)
-        if waiting is not None:
-            return waiting
-    return None
-
-
-def _in(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes}m{rest:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
-
-
-def _waiting_text(waiting: Waiting) -> str:
-    what = "a DELETE" if waiting.bucket is Bucket.CANCEL else "a status read"
-    eta = _in((waiting.eta_ms - waiting.now_ms) / 1000)
-    clock = time.strftime("%H:%M:%S", time.localtime(waiting.eta_ms / 1000))
-    if waiting.place is None:
-        return f"{what} after a countdown, expected in ~{eta} ({clock})"
-    return (
-        f"place {waiting.place} of {waiting.ready} in line for {what}, expected in ~{eta} ({clock})"
-    )
-
-
-def _waiting_json(waiting: Waiting) -> dict[str, Any]:
-    return {
-        "bucket": waiting.bucket.value,
-        "place": waiting.place,
-        "in_line": waiting.ready,
-        "eta_ms": waiting.eta_ms,
-    }
-
-
-class Progress:
-    """What `cancel --wait` prints while it waits: state changes, and when sends are due.
-
-    On a TTY one live line is redrawn; otherwise a plain line every WAIT_REPORT_S.
-    """
-
-    def __init__(self, out: TextIO, as_json: bool) -> None:
-        self.out = out
-        self.as_json = as_json
-        self.tty = out.isatty() and not as_json
-        self.next_report = time.monotonic() + (TTY_REPORT_S if self.tty else WAIT_REPORT_S)
-        self._live = False
-
-    def changed(self, record: CancelRecord) -> None:
-        self._clear()
-        _show(record, self.as_json, self.out)
-
-    def report(self, observer: Scheduler, pending: list[CancelRecord]) -> None:
-        """Say how many are pending and when the soonest send of one of them is expected."""
-        now = time.monotonic()
-        if now < self.next_report or not pending:
-            return
-        self.next_report = now + (TTY_REPORT_S if self.tty else WAIT_REPORT_S)
-        places = [w for w in (_where(observer, r) for r in pending) if w is not None]
-        soonest = min(places, key=lambda w: w.eta_ms, default=None)
-        if self.as_json:
-            line = json.dumps(
-                {"pending": len(pending), "next": _waiting_json(soonest) if soonest else None}
-            )
-        else:
-            line = f"waiting: {len(pending)} not final"
-            if soonest is not None:
-                line += "; next " + _waiting_text(soonest)
-        if self.tty:
-            self.out.write("\r\x1b[2K" + line)
-            self.out.flush()
-            self._live = True
-        else:
-            print(line, file=self.out, flush=True)
-
-    def summary(self, records: list[CancelRecord | None]) -> None:
-        """The count of orders by final state (or still pending)."""
-        self._clear()
-        counts: dict[str, int] = {}
-        for record in records:
-            state = "NO_RECORD" if record is None else record.state.value
-            counts[state] = counts.get(state, 0) + 1
-        if self.as_json:
-            print(json.dumps({"summary": counts}), file=self.out, flush=True)
-        else:
-            text = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-            print(f"summary: {text}", file=self.out, flush=True)
-
-    def _clear(self) -> None:
-        if self._live:
-            self.out.write("\r\x1b[2K")
-            self._live = False
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -285,7 +250,7 @@ def _cancel(args: argparse.Namespace) -> int:
         args.order_ids, args.exchange, account=args.account, priority=args.priority
     )
     for record in records:
-        _show(record, args.json, sys.stdout)
+        show(record, args.json, sys.stdout)
     if not args.wait:
         return EXIT_OK
     observer = get_services().observer()
@@ -322,28 +287,31 @@ def _status(args: argparse.Namespace) -> int:
     from worker.producer import get_records
     from worker.services import get_services
 
-    code = EXIT_OK
+    records = get_records(args.order_ids)  # validates every id first
     observer = get_services().observer()
-    for order_id, record in zip(args.order_ids, get_records(args.order_ids), strict=True):
+    code = EXIT_OK
+    for order_id, record in zip(args.order_ids, records, strict=True):
         if record is None:
-            print(f"{order_id}  no cancel requested (or its record expired)", file=sys.stderr)
             code = EXIT_FAILED
+            if args.json:
+                print(json.dumps({"order_id": order_id.lower(), "state": None}), flush=True)
+            else:
+                print(f"{order_id}  no cancel requested (or its record expired)", flush=True)
             continue
-        waiting = _where(observer, record)
+        waiting = where(observer, record)
         if args.json:
-            data = record.public()
-            data["waiting"] = _waiting_json(waiting) if waiting is not None else None
-            print(json.dumps(data), flush=True)
+            print(json.dumps({**record.public(), "waiting": waiting_json(waiting)}), flush=True)
         else:
-            line = _record_line(record)
+            line = record_line(record)
             if waiting is not None:
-                line += "  " + _waiting_text(waiting)
+                line += "  " + waiting_text(waiting)
             print(line, flush=True)
     return code
 
 
 def _limits(args: argparse.Namespace) -> int:
     from worker.keys import CANCEL_QUEUE, POLL_QUEUE
+    from worker.progress import duration
     from worker.services import get_services
 
     services = get_services()
@@ -378,12 +346,11 @@ def _limits(args: argparse.Namespace) -> int:
             if row["waiting_urgent"]:
                 line += f" ({row['waiting_urgent']} urgent)"
             if row["waiting"]:
-                line += f", drains in ~{_in(row['drain_s'])}"
+                line += f", drains in ~{duration(row['drain_s'])}"
             if row["counting_down"]:
                 line += f"  counting down {row['counting_down']}"
-            line += (
-                f"  paused {row['paused_ms']} ms  sent {row['sent']}  429s {row['rate_limited']}"
-            )
+            line += f"  paused {row['paused_ms']} ms  sent {row['sent']}"
+            line += f"  429s {row['rate_limited']}"
             print(line)
         elif "margin_ms" in row:
             print(
@@ -418,11 +385,16 @@ def _metrics(args: argparse.Namespace) -> int:
     from worker.metrics import FleetCollector
     from worker.services import get_services
 
+    services = get_services()
+    services.redis.ping()  # refuse to start against a Redis that does not answer
     configure_logging()
-    REGISTRY.register(FleetCollector(get_services()))
+    REGISTRY.register(FleetCollector(services))
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait below
-    server, _ = start_http_server(args.port, addr=args.host)
+    try:
+        server, _ = start_http_server(args.port, addr=args.host)
+    except OSError as exc:
+        raise ConfigError("--port", f"cannot listen on {args.host}:{args.port}: {exc}") from None
     print(f"metrics on http://{args.host}:{args.port}/metrics", flush=True)
     signal.sigwait(stop_signals)
     server.shutdown()
@@ -438,6 +410,8 @@ def _run(args: argparse.Namespace) -> int:
         sandbox_port=args.sandbox_port,
         flower_port=args.flower_port,
         metrics_port=args.metrics_port,
+        cancel_concurrency=args.cancel_concurrency,
+        poll_concurrency=args.poll_concurrency,
     )
     return stack.run_stack(options)
 

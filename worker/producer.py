@@ -33,6 +33,7 @@ from worker.models import (
 )
 from worker.records import now_ms
 from worker.services import Services, get_services
+from worker.settings import redact_url
 
 
 def request_cancel(
@@ -94,11 +95,12 @@ def enqueue(
             records = [r or old for r, old in zip(store.get_many(unique), records, strict=True)]
     except redis.TimeoutError as exc:
         raise BrokerUnavailable(
-            f"Redis did not answer in time; the request may or may not be recorded "
-            f"(requesting again is safe): {exc}"
+            f"Redis at {redact_url(services.settings.redis_url)} did not answer in time; the "
+            f"request may or may not be recorded (requesting again is safe): {exc}"
         ) from exc
     except redis.RedisError as exc:
-        raise BrokerUnavailable(f"Redis unavailable, nothing enqueued: {exc}") from exc
+        where = redact_url(services.settings.redis_url)
+        raise BrokerUnavailable(f"Redis unavailable at {where}, nothing enqueued: {exc}") from exc
     by_id = {record.order_id: record for record in records}
     return [by_id[order_id] for order_id in ids]
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from worker.accounts import (
     ACCOUNTS_VARIABLE,
@@ -25,7 +26,7 @@ from worker.errors import ConfigError
 from worker.models import DEFAULT_ACCOUNT, Bucket
 from worker.rates import Rate, parse_rate
 
-__all__ = ["Rate", "Secret", "Settings", "parse_rate"]
+__all__ = ["Rate", "Secret", "Settings", "parse_rate", "redact_url"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_BASE_URL = "https://coinswitch.co"
@@ -44,6 +45,27 @@ DEFAULT_POLL_MAX_ATTEMPTS = 30
 DEFAULT_POLL_DEADLINE_S = 300.0  # active polling gives up after this, then UNCONFIRMED
 DEFAULT_RECHECK_INTERVAL_S = 60.0  # UNCONFIRMED orders are re-checked this often
 DEFAULT_SWEEP_INTERVAL_S = 5.0  # how often one dispatcher looks for lost work
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    url = env.get("REDIS_URL", DEFAULT_REDIS_URL)
+    if urlsplit(url).scheme not in REDIS_SCHEMES:
+        schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+        raise ConfigError("REDIS_URL", f"{redact_url(url)!r} is not a Redis URL ({schemes})")
+    return url
 
 
 @dataclass(frozen=True)
@@ -87,7 +109,7 @@ class Settings:
             if env.get(f"CANCEL_WORKER_{name.upper()}")
         }
         settings = cls(
-            redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
+            redis_url=_redis_url(env),
             base_url=base_url,
             accounts=accounts_from_env(env, rates),
             rates=rates,

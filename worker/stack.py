@@ -8,10 +8,12 @@ Ctrl-C or SIGTERM stops every child, then waits for each.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +40,7 @@ DEFAULT_DATA_DIR = ".cancel-worker"
 DEFAULT_SANDBOX_PORT = 8765
 DEFAULT_FLOWER_PORT = 5555
 DEFAULT_METRICS_PORT = 9808
+PR_SET_PDEATHSIG = 1  # Linux prctl: the signal a child gets when its parent dies
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +67,20 @@ def worker_commands(
     }
 
 
+def _die_with_parent() -> None:
+    """In a child before exec: get SIGTERM if the supervisor dies, so nothing is orphaned."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _spawn(args: list[str], env: dict[str, str], *, own_group: bool) -> subprocess.Popen[bytes]:
+    # A child in its own process group does not get the terminal's Ctrl-C: the supervisor
+    # stops it itself, after the processes that depend on it.
+    return subprocess.Popen(
+        args, env=env, preexec_fn=_die_with_parent, process_group=0 if own_group else None
+    )
+
+
 @dataclass
 class Child:
     """One supervised process and how to start it again."""
@@ -72,6 +89,7 @@ class Child:
     env: dict[str, str]
     restart: bool
     proc: subprocess.Popen[bytes]
+    stop_last: bool = False  # infrastructure (Redis, the sandbox): stopped after the rest
     restarts: list[float] = field(default_factory=list)  # monotonic times of restarts
 
 
@@ -94,11 +112,16 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         *,
         restart: bool = False,
+        stop_last: bool = False,
     ) -> None:
-        """Start one child process sharing our stdout/stderr."""
+        """Start one child process sharing our stdout/stderr.
+
+        `stop_last` marks infrastructure the others depend on: it ignores Ctrl-C and is
+        stopped only after every other child has exited.
+        """
         environment = dict(env or os.environ)
-        proc = subprocess.Popen(list(args), env=environment)
-        self.children[name] = Child(list(args), environment, restart, proc)
+        proc = _spawn(list(args), environment, own_group=stop_last)
+        self.children[name] = Child(list(args), environment, restart, proc, stop_last)
         log.info("stack.started", child=name, pid=proc.pid)
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
@@ -111,8 +134,10 @@ class Supervisor:
         if not child.restart or len(child.restarts) >= MAX_RESTARTS_PER_WINDOW:
             return False
         time.sleep(RESTART_DELAY_S)
+        if self._stopping:  # it died of the same Ctrl-C that is stopping us
+            return True
         child.restarts.append(now)
-        child.proc = subprocess.Popen(child.args, env=child.env)
+        child.proc = _spawn(child.args, child.env, own_group=child.stop_last)
         log.warning("stack.restarted", child=name, pid=child.proc.pid)
         return True
 
@@ -139,19 +164,24 @@ class Supervisor:
         return code
 
     def stop(self) -> None:
-        """SIGTERM every child (last started first), then kill what is left after a grace."""
-        for child in reversed(list(self.children.values())):
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for name, child in reversed(list(self.children.items())):
-            proc = child.proc
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("stack.killing", child=name)
-                proc.kill()
-                proc.wait(timeout=5)
+        """Stop the workers and tools first, then the infrastructure they use.
+
+        Each group gets SIGTERM (a warm shutdown for Celery), then a kill after a grace.
+        """
+        for last in (False, True):
+            group = {n: c for n, c in reversed(self.children.items()) if c.stop_last is last}
+            for child in group.values():
+                if child.proc.poll() is None:
+                    child.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for name, child in group.items():
+                try:
+                    child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("stack.killing", child=name)
+                    child.proc.kill()
+                    child.proc.wait(timeout=5)
+                log.info("stack.child_stopped", child=name)
         log.info("stack.stopped")
 
 
@@ -227,6 +257,29 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on this TCP port."""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def check_ports(ports: Mapping[str, tuple[int, str]]) -> None:
+    """Refuse, before anything starts, ports another process holds: name → (port, flag)."""
+    for what, (port, flag) in ports.items():
+        if port_in_use(port):
+            raise ConfigError(
+                flag,
+                f"port {port} ({what}) is already in use, perhaps by another "
+                f"`cancel-worker run`: stop it, or choose another port with {flag}",
+            )
+
+
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment for processes that never sign: no COINSWITCH_*_SECRET_KEY."""
+    return {k: v for k, v in env.items() if not (k.startswith("COINSWITCH_") and "SECRET" in k)}
+
+
 def run_stack(options: RunOptions) -> int:
     """Bring the whole stack up on this machine, print where to look, run until Ctrl-C."""
     from worker.sandbox import AdminClient, generate_keypair
@@ -235,16 +288,23 @@ def run_stack(options: RunOptions) -> int:
     env = dict(os.environ)
     env.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
     redis_url = env["REDIS_URL"]
+    use_sandbox = not (env.get("COINSWITCH_API_KEY") and env.get("COINSWITCH_SECRET_KEY"))
+    wanted = {"Flower": (options.flower_port, "--flower-port")}
+    wanted["metrics"] = (options.metrics_port, "--metrics-port")
+    if use_sandbox:
+        wanted["the sandbox"] = (options.sandbox_port, "--sandbox-port")
+    check_ports(wanted)
     supervisor = Supervisor()
     lines: list[str] = []
     try:
         if redis_answers(redis_url):
             lines.append(f"Redis       {redis_url} (already running)")
         else:
-            supervisor.start("redis", redis_server_args(redis_url, options.data_dir / "redis"))
+            redis_args = redis_server_args(redis_url, options.data_dir / "redis")
+            supervisor.start("redis", redis_args, stop_last=True)
             wait_until(lambda: redis_answers(redis_url), READY_TIMEOUT_S, "redis-server")
             lines.append(f"Redis       {redis_url} (embedded, data in {options.data_dir}/redis)")
-        if not (env.get("COINSWITCH_API_KEY") and env.get("COINSWITCH_SECRET_KEY")):
+        if use_sandbox:
             api_key, secret_key = generate_keypair()
             sandbox_url = f"http://127.0.0.1:{options.sandbox_port}"
             # A fresh seed per start: sandbox order ids must not repeat ids that records
@@ -253,8 +313,7 @@ def run_stack(options: RunOptions) -> int:
                 "sandbox", "--port", str(options.sandbox_port), "--api-key", api_key
             )
             supervisor.start(
-                "sandbox",
-                [*sandbox_args, "--seed", str(secrets.randbits(32))],
+                "sandbox", [*sandbox_args, "--seed", str(secrets.randbits(32))], stop_last=True
             )
             env.update(
                 COINSWITCH_BASE_URL=sandbox_url,
@@ -269,30 +328,34 @@ def run_stack(options: RunOptions) -> int:
             )
             lines += [
                 f"Exchange    SANDBOX at {sandbox_url}: no COINSWITCH_API_KEY/SECRET_KEY set,",
-                "            so nothing reaches CoinSwitch. A demo order is open on it:",
-                f"            {_cli_hint()} cancel {demo['order_id']} --wait",
+                "            so nothing reaches CoinSwitch. A demo order is open on it; from",
+                "            another shell (it needs only REDIS_URL):",
+                f"            REDIS_URL={redis_url} {_cli_hint()} cancel {demo['order_id']} --wait",
                 f"            (more: curl -s -XPOST {sandbox_url}/_sandbox/orders "
                 '-d \'{"symbol":"DOGEUSDT","side":"BUY","order_type":"LIMIT",'
                 '"quantity":"1","price":"0.1"}\')',
+                "            The sandbox keeps its orders in memory: a cancel still pending when",
+                "            `run` stops ends FAILED(order_not_found) once a new sandbox starts.",
             ]
         else:
             lines.append(f"Exchange    {env.get('COINSWITCH_BASE_URL', 'https://coinswitch.co')}")
         for name, args in worker_commands(
             options.cancel_concurrency, options.poll_concurrency
         ).items():
-            supervisor.start(name, args, env, restart=True)
+            supervisor.start(name, args, env, restart=True)  # the only processes that sign
         options.data_dir.mkdir(parents=True, exist_ok=True)
+        reader_env = without_secrets(env)
         flower = [
             sys.executable, "-m", "celery", "-A", "worker", "flower",
             "--address=127.0.0.1", f"--port={options.flower_port}",
         ]  # fmt: skip
-        flower_env = dict(env)
+        flower_env = dict(reader_env)
         if not env.get("FLOWER_BASIC_AUTH"):
             # Loopback only: let the local user read Flower's API without credentials.
             flower_env["FLOWER_UNAUTHENTICATED_API"] = "true"
         supervisor.start("flower", flower, flower_env)
         metrics = _cli("metrics", "--port", str(options.metrics_port))
-        supervisor.start("metrics", metrics, env)
+        supervisor.start("metrics", metrics, reader_env)
         flower_url = f"http://127.0.0.1:{options.flower_port}"
         metrics_url = f"http://127.0.0.1:{options.metrics_port}/metrics"
         wait_until(lambda: _http_ok(f"{flower_url}/healthcheck"), READY_TIMEOUT_S, "Flower")
