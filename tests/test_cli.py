@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
 import uuid
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SERVICE_ENV
-from tests.support import ROOT
+from tests.support import ROOT, place_orders
 from worker.sandbox import SandboxHandle
 
 pytestmark = pytest.mark.integration
@@ -48,6 +50,54 @@ def test_cancel_wait_shows_progress_and_final_state(workers: Path, exchange: San
     assert lines[0].startswith(f"{order_id}  QUEUED")
     assert lines[-2].startswith(f"{order_id}  CANCELLED")
     assert lines[-1] == "summary: 1 CANCELLED"
+
+
+def test_cancel_wait_says_when_the_next_send_is_due(workers: Path, exchange: SandboxHandle) -> None:
+    """While cancels wait for budget, `cancel --wait` piped prints a plain line every few
+    seconds saying how many are pending and when the next one is expected to go."""
+    order_ids = place_orders(exchange.admin, 40)
+    result = cli("cancel", *order_ids, "--wait", "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    waiting = [line for line in result.stdout.splitlines() if line.startswith("waiting: ")]
+    assert waiting, result.stdout
+    assert re.fullmatch(
+        r"waiting: \d+ not final; next place \d+ of \d+ in line for a DELETE, "
+        r"expected in ~\d+\.\ds \(\d\d:\d\d:\d\d\)",
+        waiting[0],
+    ), waiting[0]
+    assert "\r" not in result.stdout
+    assert result.stdout.splitlines()[-1] == "summary: 40 CANCELLED"
+
+
+def test_cancel_wait_on_a_terminal_draws_a_live_line(
+    workers: Path, exchange: SandboxHandle
+) -> None:
+    """On a TTY, `cancel --wait` redraws one progress line in place instead of printing."""
+    order_ids = place_orders(exchange.admin, 25)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "cancel", *order_ids, "--wait", "--timeout", "60"],
+        cwd=ROOT,
+        env={**os.environ, **SERVICE_ENV},
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+    )
+    os.close(terminal)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert proc.wait(timeout=CLI_TIMEOUT_S) == 0, proc.stderr.read() if proc.stderr else ""
+    os.close(controller)
+    text = screen.decode()
+    assert "\r\x1b[2Kwaiting: " in text  # the live line, redrawn in place
+    assert "summary: 25 CANCELLED" in text
 
 
 def test_cancel_wait_exits_nonzero_on_failed(workers: Path, exchange: SandboxHandle) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,15 @@ def test_unconfirmed_is_rechecked_until_the_truth(exchange: SandboxHandle) -> No
     final = wait_final(order_id)
     assert final.state is OrderState.EXECUTED
     assert "UNCONFIRMED" in [h["state"] for h in final.history]
+
+
+def test_an_idle_worker_is_quiet(own_workers: Any, log_dir: Path) -> None:
+    """A worker with nothing to do writes no log line while its dispatcher sweeps (every
+    0.5 s here): the sweep floods neither Flower (it is no task) nor the logs."""
+    own_workers("quiet", extra_env={"CANCEL_WORKER_NAMESPACE": f"quiet-{uuid.uuid4().hex[:6]}"})
+    log = log_dir / "quiet.log"
+    wait_for(lambda: "dispatcher.started" in log.read_text(), 20, "the dispatcher")
+    wait_for(lambda: "ready." in log.read_text(), 20, "the worker to be ready")
+    before = log.read_text()
+    time.sleep(3.0)  # a sample of the idle state: six sweep intervals
+    assert log.read_text() == before

@@ -177,6 +177,9 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
 
     task = wait_for(flower_task, 20, "Flower to list the cancel task")
     assert task["state"] == "SUCCESS"
+    assert task["uuid"].startswith(f"cancel-{order_id}-")  # findable by order id
+    names = {t.get("name") for t in requests.get(f"{flower}/api/tasks", timeout=5).json().values()}
+    assert "cancel_worker.sweep" not in names  # the sweep runs in the workers, not as tasks
 
     metrics = requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).text
     assert 'cancel_worker_orders{state="CANCELLED"} 1.0' in metrics
@@ -240,6 +243,11 @@ def procfile() -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
 
 
+def as_exec(line: str) -> str:
+    """A Procfile line run so that its process replaces the shell (its pid is the shell's)."""
+    return line if line.startswith((":", "exec ")) else f"exec {line}"
+
+
 def test_procfile_has_the_production_process_types() -> None:
     """The Procfile declares worker, flower and metrics (workers sweep; no beat is needed)."""
     assert set(procfile()) == {"worker", "flower", "metrics"}
@@ -264,7 +272,7 @@ def test_procfile_command_answers(
     log_path = tmp_path / "out.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            ["bash", "-c", f"exec {procfile()[process_type]}"],
+            ["sh", "-c", as_exec(procfile()[process_type])],
             cwd=tmp_path,
             env=env,
             stdout=log,
@@ -300,6 +308,18 @@ def test_procfile_command_answers(
             proc.wait(timeout=5)
 
 
+def test_procfile_flower_refuses_to_start_without_auth(tmp_path: Path) -> None:
+    """Flower listens on 0.0.0.0 in the Procfile, so without FLOWER_BASIC_AUTH it refuses
+    to start, saying what to set."""
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    result = subprocess.run(
+        ["sh", "-c", procfile()["flower"]],
+        cwd=tmp_path, env=path_env(env), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "set FLOWER_BASIC_AUTH=user:password" in result.stderr
+
+
 def _get(url: str) -> int:
     try:
         return requests.get(url, timeout=2).status_code
@@ -325,9 +345,14 @@ def test_compose_file_is_production_shaped() -> None:
     assert "5555:5555" in services["flower"]["ports"]
     assert services["sandbox"]["profiles"] == ["sandbox"]
     for name, service in services.items():
-        for key, value in (service.get("environment") or {}).items():
+        environment = service.get("environment") or {}
+        for key, value in environment.items():
             if "KEY" in key or "AUTH" in key or "SECRET" in key:
                 assert str(value).startswith("${"), f"{name}.{key} is baked in"
+        if name != "worker":  # only the processes that sign get a secret
+            assert not [key for key in environment if "SECRET" in key], name
         command = service.get("command", [])
         assert all(isinstance(part, str) for part in command), name
+    assert "COINSWITCH_SECRET_KEY" in services["worker"]["environment"]
+    assert "--allow-remote" in services["sandbox"]["command"]  # it must bind 0.0.0.0 there
     shlex.split(" ".join(services["worker"]["command"]))

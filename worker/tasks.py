@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -219,9 +220,18 @@ def sweep_due() -> int:
 
 
 def publish_turn(turn: Released) -> None:
-    """Publish a turn the dispatcher handed out as the task that uses it."""
+    """Publish a turn the dispatcher handed out as the task that uses it.
+
+    Its task id starts with the budget and the order id (`cancel-<order_id>-…`), so Flower's
+    list and its search find an order's DELETE and status reads at a glance.
+    """
     task = cancel_order if turn.bucket is Bucket.CANCEL else poll_order_status
-    task.apply_async((turn.job,), {"account": turn.account, "turn": turn.member})
+    task.apply_async(
+        (turn.job,),
+        {"account": turn.account, "turn": turn.member},
+        task_id=f"{turn.bucket.value}-{turn.job}-{uuid.uuid4().hex[:8]}",
+        kwargsrepr=repr({"account": turn.account}),
+    )
 
 
 class DispatcherStep(bootsteps.StartStopStep):

@@ -130,7 +130,8 @@ def test_help_lists_every_option() -> None:
         (["--api-key", "abc"], "argument --api-key"),
         (["--refuse-status", "500"], "argument --refuse-status"),
         (["--fill-race-rate", "2"], "argument --fill-race-rate"),
-        (["--host", "0.0.0.0"], "argument --host: invalid host '0.0.0.0'"),
+        (["--host", "example.com"], "argument --host: invalid host 'example.com'"),
+        (["--host", "0.0.0.0"], "invalid host '0.0.0.0': loopback only (--allow-remote"),
     ],
 )
 def test_bad_option_is_an_argparse_error(args: list[str], fragment: str) -> None:

@@ -41,6 +41,15 @@ def test_config_rejects_bad_values(bad: dict[str, object]) -> None:
         SandboxConfig(**bad)  # type: ignore[arg-type]
 
 
+def test_config_binds_loopback_unless_remote_is_allowed() -> None:
+    """A non-loopback host is refused unless allow_remote says it is a private network."""
+    with pytest.raises(ValueError, match="loopback only"):
+        SandboxConfig(host="0.0.0.0")
+    assert SandboxConfig(host="0.0.0.0", allow_remote=True).host == "0.0.0.0"
+    with pytest.raises(ValueError, match="host"):
+        SandboxConfig(host="not an address", allow_remote=True)
+
+
 def test_config_defaults_match_the_documented_limits() -> None:
     """Defaults are the exchange's documented limits."""
     config = SandboxConfig()

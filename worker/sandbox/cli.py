@@ -57,11 +57,11 @@ def _rate(text: str) -> str:
     return text
 
 
-def _loopback(text: str) -> str:
+def _host(text: str) -> str:
     try:
-        SandboxConfig(host=text)
+        SandboxConfig(host=text, allow_remote=True)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid host {text!r}: loopback only") from None
+        raise argparse.ArgumentTypeError(f"invalid host {text!r}: not an IP address") from None
     return text
 
 
@@ -113,7 +113,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
-    add("--host", type=_loopback, default=DEFAULT_HOST, help="loopback address to bind")
+    add(
+        "--host",
+        type=_host,
+        default=DEFAULT_HOST,
+        help="address to bind: loopback, unless --allow-remote",
+    )
+    add(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (only inside a private network, such as "
+        "docker compose's): the sandbox answers any client that reaches it",
+    )
     add("--port", type=int, default=DEFAULT_CLI_PORT, help="TCP port (0 = any free port)")
     add(
         "--api-key",

@@ -62,6 +62,7 @@ class SandboxConfig:
     """All sandbox behaviour knobs; rates are probabilities in [0, 1], times in ms."""
 
     host: str = DEFAULT_HOST
+    allow_remote: bool = False  # bind a non-loopback host (a private container network)
     port: int = DEFAULT_PORT
     cancel_limit: str = DEFAULT_CANCEL_LIMIT
     status_limit: str = DEFAULT_STATUS_LIMIT
@@ -117,7 +118,12 @@ class SandboxConfig:
             "max_skew_ms",
         ):
             _check(name, getattr(self, name), _is_non_negative_int)
-        _check("host", self.host, _is_loopback)
+        _check("host", self.host, _is_address)
+        if not (self.allow_remote or _is_loopback(self.host)):
+            raise ValueError(
+                f"invalid host {self.host!r}: loopback only (--allow-remote inside a private "
+                "network, e.g. docker compose's)"
+            )
         _check("port", self.port, lambda v: _is_non_negative_int(v) and v <= 65535)
         _check("seed", self.seed, lambda v: isinstance(v, int) and not isinstance(v, bool))
         _check("rate_scope", self.rate_scope, lambda v: v in RATE_SCOPES)
@@ -146,7 +152,7 @@ class SandboxConfig:
 RUNTIME_KNOBS: Final = frozenset(
     f.name
     for f in dataclasses.fields(SandboxConfig)
-    if f.name not in ("host", "port", "seed", "log_level")
+    if f.name not in ("host", "allow_remote", "port", "seed", "log_level")
 )
 
 
@@ -158,6 +164,16 @@ def _check(name: str, value: Any, ok: Any) -> None:
 def _is_rate(value: Any) -> bool:
     try:
         parse_rate(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_address(value: Any) -> bool:
+    if value == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(value)
     except ValueError:
         return False
     return True
