@@ -16,7 +16,6 @@ from urllib.parse import urlsplit, urlunsplit
 from worker.accounts import (
     ACCOUNTS_VARIABLE,
     DOCUMENTED_RATES,
-    RATE_VARIABLES,
     Account,
     Secret,
     accounts_from_env,
@@ -105,7 +104,7 @@ class Settings:
         rates = rates_from_env(env, DEFAULT_ACCOUNT, documented)
         tuning: dict[str, Any] = {
             name: _number(env, f"CANCEL_WORKER_{name.upper()}", kind)
-            for name, kind in _TUNING
+            for name, kind in TUNING
             if env.get(f"CANCEL_WORKER_{name.upper()}")
         }
         settings = cls(
@@ -147,7 +146,7 @@ class Settings:
 
 
 #: Tuning knobs read from `CANCEL_WORKER_<FIELD NAME>`; each must be a positive number.
-_TUNING: tuple[tuple[str, type[int] | type[float]], ...] = (
+TUNING: tuple[tuple[str, type[int] | type[float]], ...] = (
     ("rate_margin_ms", int),
     ("rate_margin_max_ms", int),
     ("record_ttl_s", int),
@@ -162,8 +161,6 @@ _TUNING: tuple[tuple[str, type[int] | type[float]], ...] = (
     ("sweep_interval_s", float),
 )
 
-#: Every variable a budget can be set by, for the default account (for documentation).
-RATE_LIMIT_VARIABLES = tuple(f"COINSWITCH_{suffix}" for suffix in RATE_VARIABLES.values())
 
 
 def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> float:
