@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint check run clean redis-server
+.PHONY: install test lint check run clean redis-server promtool
 
 # redis-server must be on PATH (the tests start their own; `run` starts one if needed).
 redis-server:
@@ -11,6 +11,14 @@ redis-server:
 	    echo "make: installing redis-server"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "make: redis-server is needed: sudo apt-get install redis-server" >&2; exit 1; fi; }
+
+# promtool checks the alert rules in ops/prometheus (Debian's prometheus package has it).
+promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "make: installing prometheus (for promtool)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "make: promtool is needed: sudo apt-get install prometheus" >&2; exit 1; fi; }
 
 $(BIN)/cancel-worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +33,7 @@ lint: install
 	$(BIN)/ruff format --check worker tests benchmarks
 	$(BIN)/mypy
 
-test: install lint redis-server
+test: install lint redis-server promtool
 	$(BIN)/pytest
 
 run: install redis-server

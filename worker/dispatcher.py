@@ -11,10 +11,11 @@ read.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 import structlog
@@ -28,6 +29,8 @@ from worker.services import Services
 IDLE_WAIT_S = 5.0  # when nothing is due, look again this often (a join wakes it sooner)
 ERROR_PAUSE_S = 1.0  # after a Redis error, before trying again
 REGISTRY_REFRESH_S = 60.0  # how often a worker re-registers the accounts it serves
+WORKER_HEARTBEAT_S = 10.0  # how often a worker says which queues it consumes
+WORKER_FORGET_S = 3600.0  # a worker silent this long is dropped from the workers hash
 SWEEP_BATCH = 500  # orders the sweeper looks at per interval, at most
 LISTEN_TIMEOUT_S = 1.0
 STOP_TIMEOUT_S = 5.0
@@ -40,15 +43,26 @@ Publish = Callable[[Released], None]
 class Dispatcher:
     """Hands out turns as budgets free up, and runs the fleet's periodic duties."""
 
-    def __init__(self, services: Services, scheduler: Scheduler, publish: Publish) -> None:
+    def __init__(
+        self,
+        services: Services,
+        scheduler: Scheduler,
+        publish: Publish,
+        *,
+        node: str = "",
+        queues: Sequence[str] = (),
+    ) -> None:
         self.services = services
         self.scheduler = scheduler
         self.publish = publish
+        self.node = node  # the Celery worker's name, for the workers hash
+        self.queues = sorted(queues)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._owner = uuid.uuid4().hex
         self._next_registry = 0.0
+        self._next_heartbeat = 0.0
         self._next_sweep = 0.0
 
     def start(self) -> None:
@@ -82,6 +96,9 @@ class Dispatcher:
         if now >= self._next_registry:
             register(services.redis, services.keys, services.settings.accounts, now_ms())
             self._next_registry = now + REGISTRY_REFRESH_S
+        if self.node and now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + WORKER_HEARTBEAT_S
         if now >= self._next_sweep:
             interval_s = self.services.settings.sweep_interval_s
             self._next_sweep = now + interval_s
@@ -90,6 +107,14 @@ class Dispatcher:
                 requeued = sweep(self.services, self.scheduler, limit=SWEEP_BATCH)
                 if requeued:
                     log.info("sweep.done", requeued=requeued)
+
+    def _heartbeat(self) -> None:
+        """Say which queues this worker consumes; forget workers long silent."""
+        client, key, at = self.services.redis, self.services.keys.workers, now_ms()
+        client.hset(key, self.node, json.dumps({"queues": self.queues, "seen_ms": at}))
+        for node, raw in client.hgetall(key).items():
+            if at - int(json.loads(raw).get("seen_ms", 0)) > WORKER_FORGET_S * 1000:
+                client.hdel(key, node)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -101,7 +126,8 @@ class Dispatcher:
             except Exception:  # keep dispatching whatever one round did
                 log.exception("dispatcher.error")
                 wait_s = ERROR_PAUSE_S
-            until_duty = min(self._next_registry, self._next_sweep) - time.monotonic()
+            next_duty = min(self._next_registry, self._next_heartbeat, self._next_sweep)
+            until_duty = next_duty - time.monotonic()
             timeout = min(IDLE_WAIT_S if wait_s is None else wait_s, max(0.0, until_duty))
             self._wake.wait(min(timeout, IDLE_WAIT_S))
             self._wake.clear()

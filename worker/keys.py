@@ -70,6 +70,11 @@ class Keys:
         return f"{self.namespace}:lease:poll:{order_id}"
 
     @property
+    def workers(self) -> str:
+        """Hash: worker node name → JSON (queues it consumes, last seen ms), for metrics."""
+        return f"{self.namespace}:workers"
+
+    @property
     def accounts(self) -> str:
         """Hash: account name → JSON (key fingerprint, budgets, last seen), kept by workers."""
         return f"{self.namespace}:accounts"

@@ -9,8 +9,11 @@ and countdown messages on Redis; these come straight from the keys the workers s
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
+import redis
+import structlog
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -24,7 +27,10 @@ from worker.models import Bucket, OrderState
 from worker.services import Services
 
 UNACKED_SCAN_LIMIT = 100_000  # reserved/countdown messages inspected per scrape, at most
+WORKER_STALE_S = 30.0  # a worker that has not said which queues it consumes for this long
 PREFIX = "cancel_worker"
+
+log = structlog.get_logger(__name__)
 
 
 class FleetCollector(Collector):
@@ -34,10 +40,21 @@ class FleetCollector(Collector):
         self.services = services
 
     def collect(self) -> Iterator[Metric]:
-        """Read every figure from Redis now (one scrape = a handful of round trips)."""
-        yield from self._buckets()
-        yield from self._queues()
-        yield from self._orders()
+        """Read every figure from Redis now (one scrape = a handful of round trips).
+
+        If Redis does not answer, only `cancel_worker_redis_up 0` is reported.
+        """
+        up = GaugeMetricFamily(f"{PREFIX}_redis_up", "1 if Redis answered this scrape")
+        try:
+            metrics = [*self._buckets(), *self._queues(), *self._workers(), *self._orders()]
+        except redis.RedisError as exc:
+            log.warning("metrics.redis_unavailable", error=str(exc))
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from metrics
 
     def _buckets(self) -> Iterator[Metric]:
         labels = ["account", "bucket"]
@@ -99,6 +116,28 @@ class FleetCollector(Collector):
             depth.add_metric([queue, "waiting"], int(redis.llen(queue)))
             depth.add_metric([queue, "held"], held[queue])
         yield depth
+
+    def _workers(self) -> Iterator[Metric]:
+        consumers = GaugeMetricFamily(
+            f"{PREFIX}_consumers",
+            "Workers consuming each queue (seen in the last 30 s)",
+            labels=["queue"],
+        )
+        dead = GaugeMetricFamily(
+            f"{PREFIX}_dead_letters", "Task messages that could not be used, kept in cw:dead"
+        )
+        services = self.services
+        counts = dict.fromkeys((CANCEL_QUEUE, POLL_QUEUE), 0)
+        now = time.time() * 1000
+        for raw in services.redis.hgetall(services.keys.workers).values():
+            seen = json.loads(raw)
+            if now - int(seen.get("seen_ms", 0)) <= WORKER_STALE_S * 1000:
+                for queue in seen.get("queues", []):
+                    counts[queue] = counts.get(queue, 0) + 1
+        for queue, count in sorted(counts.items()):
+            consumers.add_metric([queue], count)
+        dead.add_metric([], int(services.redis.llen(services.keys.dead_letters)))
+        yield from (consumers, dead)
 
     def _orders(self) -> Iterator[Metric]:
         store = self.services.store

@@ -162,7 +162,6 @@ TUNING: tuple[tuple[str, type[int] | type[float]], ...] = (
 )
 
 
-
 def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> float:
     raw = env[name]
     try:

@@ -246,7 +246,10 @@ class DispatcherStep(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         services = get_services()
         services.settings.signing_accounts()  # fail at start-up, naming what is missing
-        self.dispatcher = Dispatcher(services, services.scheduler, publish_turn)
+        queues = parent.app.amqp.queues.consume_from
+        self.dispatcher = Dispatcher(
+            services, services.scheduler, publish_turn, node=parent.hostname, queues=list(queues)
+        )
         self.dispatcher.start()
 
     def stop(self, parent: Any) -> None:
