@@ -96,17 +96,20 @@ class Progress:
         show(record, self.as_json, self.out)
 
     def report(self, observer: Scheduler, pending: list[CancelRecord]) -> None:
-        """Say how many are pending and when the soonest send for one of them is expected."""
+        """Say how many are pending and when the next DELETE (else status read) is due."""
         now = time.monotonic()
         if now < self._next_report or not pending:
             return
         self._next_report = now + self._every_s
         places = [w for w in (where(observer, r) for r in pending) if w is not None]
-        soonest = min(places, key=lambda w: w.eta_ms, default=None)
+        deletes = [w for w in places if w.bucket is Bucket.CANCEL]
+        soonest = min(deletes or places, key=lambda w: w.eta_ms, default=None)
         if self.as_json:
-            line = json.dumps({"pending": len(pending), "next": waiting_json(soonest)})
+            line = json.dumps(
+                {"pending": len(pending), "in_line": len(deletes), "next": waiting_json(soonest)}
+            )
         else:
-            line = f"waiting: {len(pending)} not final"
+            line = f"waiting: {len(pending)} not final, {len(deletes)} in line for a DELETE"
             if soonest is not None:
                 line += "; next " + waiting_text(soonest)
         if self.tty:
