@@ -2,7 +2,8 @@
 
 The service reads its configuration from the environment once, at import, exactly as in
 production; so this module picks the ports and keys and sets the environment before any
-test imports `worker.celery_app`. Limits are scaled (10/2s, 20/2s) so tests stay short.
+test imports `worker.celery_app`. Limits are scaled so tests stay short: cancel and
+cancel-all 10/2s, status and each order list 20/2s.
 Three accounts are configured: `default`, `alpha` and `beta`, each with its own key.
 """
 
@@ -45,6 +46,9 @@ SERVICE_ENV = {
     "COINSWITCH_BETA_SECRET_KEY": BETA_SECRET_KEY,
     "COINSWITCH_CANCEL_RATE_LIMIT": "10/2s",
     "COINSWITCH_STATUS_RATE_LIMIT": "20/2s",
+    "COINSWITCH_CANCEL_ALL_RATE_LIMIT": "10/2s",
+    "COINSWITCH_OPEN_ORDERS_RATE_LIMIT": "20/2s",
+    "COINSWITCH_CLOSED_ORDERS_RATE_LIMIT": "20/2s",
     "CANCEL_WORKER_READ_TIMEOUT_S": "1",
     "CANCEL_WORKER_POLL_INITIAL_DELAY_S": "0.1",
     "CANCEL_WORKER_POLL_MAX_DELAY_S": "0.5",
@@ -62,6 +66,8 @@ SANDBOX_CONFIG = SandboxConfig(
     timeout_ms=1500,
     cancel_limit="10/2s",
     status_limit="20/2s",
+    cancel_all_limit="10/2s",
+    list_limit="20/2s",
 )
 
 

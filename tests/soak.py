@@ -28,6 +28,8 @@ from worker.sandbox import AdminClient, SandboxConfig, generate_keypair, run_san
 
 DEFAULT_CANCEL_LIMIT = "50/1s"
 DEFAULT_STATUS_LIMIT = "100/1s"
+CANCEL_ALL_LIMIT = "10/60s"  # the soak sends none; stated so the workers and sandbox agree
+LIST_LIMIT = "20/60s"
 WORKER_CONCURRENCY = 4
 FINAL_TIMEOUT_S = 300.0
 
@@ -44,6 +46,7 @@ class SoakReport:
     wrong: list[str] = field(default_factory=list)  # record state != sandbox's status
     double_cancels: list[str] = field(default_factory=list)  # > 1 DELETE accepted
     rate_limited: int = 0
+    rate_limited_by_endpoint: dict[str, int] = field(default_factory=dict)
     faults: int = 0
     states: dict[str, int] = field(default_factory=dict)
 
@@ -70,6 +73,8 @@ def run_soak(
     config = SandboxConfig(
         cancel_limit=DEFAULT_CANCEL_LIMIT,
         status_limit=DEFAULT_STATUS_LIMIT,
+        cancel_all_limit=CANCEL_ALL_LIMIT,
+        list_limit=LIST_LIMIT,
         place_limit="100000/1s",
         confirm_delay_ms=300,
         fill_race_rate=fill_race_rate,
@@ -92,8 +97,12 @@ def run_soak(
             "COINSWITCH_BASE_URL": sandbox.url,
             "COINSWITCH_API_KEY": api_key,
             "COINSWITCH_SECRET_KEY": secret_key,
+            "COINSWITCH_ACCOUNTS": "",  # only the default account, whatever the caller's env
             "COINSWITCH_CANCEL_RATE_LIMIT": DEFAULT_CANCEL_LIMIT,
             "COINSWITCH_STATUS_RATE_LIMIT": DEFAULT_STATUS_LIMIT,
+            "COINSWITCH_CANCEL_ALL_RATE_LIMIT": CANCEL_ALL_LIMIT,
+            "COINSWITCH_OPEN_ORDERS_RATE_LIMIT": LIST_LIMIT,
+            "COINSWITCH_CLOSED_ORDERS_RATE_LIMIT": LIST_LIMIT,
             "CANCEL_WORKER_READ_TIMEOUT_S": "1",
             "CANCEL_WORKER_POLL_INITIAL_DELAY_S": "0.2",
             "CANCEL_WORKER_POLL_MAX_DELAY_S": "1",
@@ -184,6 +193,9 @@ def _report(
             report.double_cancels.append(order_id)
     endpoints = admin.stats()["endpoints"]
     report.rate_limited = sum(int(e["rate_limited"]) for e in endpoints.values())
+    report.rate_limited_by_endpoint = {
+        name: int(e["rate_limited"]) for name, e in endpoints.items() if e["rate_limited"]
+    }
     report.faults = sum(int(e["faulted"]) for e in endpoints.values())
     return report
 

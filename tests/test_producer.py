@@ -6,6 +6,7 @@ worker, so the records and the line can be read exactly as the producer left the
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -47,12 +48,16 @@ def order_ids(count: int, seed: int = SEED) -> list[str]:
     return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
 
 
+#: A budget of one DELETE a minute: the first request takes the only free turn, the rest wait.
+ONE_A_MINUTE = {"COINSWITCH_CANCEL_RATE_LIMIT": "1/60s"}
+
+
 def produce(redis_url: str, ids: list[str], priority: str = "normal") -> dict[str, Any]:
     """Run request_cancels(ids) in a fresh process against `redis_url`; return what it printed."""
     result = subprocess.run(
         [sys.executable, "-c", PRODUCE, priority, *ids],
         cwd=ROOT,
-        env={**os.environ, **SERVICE_ENV, "REDIS_URL": redis_url},
+        env={**os.environ, **SERVICE_ENV, "REDIS_URL": redis_url, **ONE_A_MINUTE},
         capture_output=True,
         text=True,
         timeout=60,
@@ -60,6 +65,16 @@ def produce(redis_url: str, ids: list[str], priority: str = "normal") -> dict[st
     assert result.returncode == 0, result.stderr
     out: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])  # after any log lines
     return out
+
+
+def queued_cancels(client: redis.Redis) -> list[tuple[str, list[Any]]]:
+    """(task name, args) of every message waiting in the cancels queue."""
+    messages = []
+    for raw in client.lrange(CANCEL_QUEUE, 0, -1):
+        envelope = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        messages.append((envelope["headers"]["task"], args))
+    return messages
 
 
 def in_line(client: redis.Redis, account: str = "default") -> list[str]:
@@ -76,20 +91,20 @@ def own_redis_url() -> Iterator[str]:
 
 def test_a_large_request_is_recorded_in_line_in_request_order(own_redis_url: str) -> None:
     """1,200 cancels are recorded QUEUED, watched and put in line in request order by one
-    script call; the broker holds nothing until a turn comes, and one wake token tells the
-    dispatchers."""
+    script call; the turn free right now is handed out at once (its cancel task is the only
+    broker message), the rest wait in line, and one wake token tells the dispatchers."""
     ids = order_ids(MANY)
     client = redis.Redis.from_url(own_redis_url, decode_responses=True)
     client.config_resetstat()
     assert produce(own_redis_url, ids) == {"states": ["QUEUED"] * MANY}
     calls = client.info("commandstats")
     scripts = sum(calls.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
-    assert scripts <= 2  # one call (redis-py retries once after loading the script)
-    assert calls["cmdstat_set"]["calls"] == MANY  # the records, written inside that call
+    assert scripts <= 4  # record + hand out (redis-py retries each once after loading it)
+    assert calls["cmdstat_set"]["calls"] == MANY  # the records, written inside one call
 
-    assert in_line(client) == ids
+    assert in_line(client) == ids[1:]
     assert client.zcard(Keys().due) == MANY  # every new order is watched by the sweeper
-    assert client.llen(CANCEL_QUEUE) == 0
+    assert [args for _, args in queued_cancels(client)] == [[ids[0]]]
     assert client.lrange(Keys().wake, 0, -1) == ["1"]
     records = [json.loads(raw) for raw in client.mget([Keys().record(i) for i in ids])]
     assert {(r["state"], r["account"], r["priority"]) for r in records} == {
@@ -103,11 +118,11 @@ def test_urgent_requests_go_ahead_and_an_urgent_repeat_moves_up(own_redis_url: s
     cancel still waiting moves it up (keeping its request time), and its record says urgent."""
     normal, urgent = order_ids(5), order_ids(2, seed=SEED + 1)
     client = redis.Redis.from_url(own_redis_url, decode_responses=True)
-    produce(own_redis_url, normal)
+    produce(own_redis_url, normal)  # the first takes the minute's only turn
     produce(own_redis_url, urgent, "urgent")
-    assert in_line(client) == urgent + normal
+    assert in_line(client) == urgent + normal[1:]
     produce(own_redis_url, [normal[3]], "urgent")
-    assert in_line(client) == [normal[3], *urgent, *normal[:3], normal[4]]
+    assert in_line(client) == [normal[3], *urgent, normal[1], normal[2], normal[4]]
     record = json.loads(client.get(Keys().record(normal[3])))
     assert record["priority"] == "urgent"
     client.close()
@@ -132,7 +147,7 @@ def test_a_request_redis_refuses_leaves_nothing_and_can_be_sent_again(
 
     client.acl_setuser("default", enabled=True, commands=["+evalsha", "+eval"])
     assert produce(own_redis_url, ids) == {"states": ["QUEUED"] * 5}
-    assert in_line(client) == ids
+    assert in_line(client) == ids[1:]
     client.close()
 
 

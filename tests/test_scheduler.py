@@ -260,3 +260,14 @@ def test_margin_learns_from_spans_within_floor_and_ceiling(redis_client: redis.R
     assert scheduler.margin_ms() == 500
     assert scheduler.pause("default", Bucket.CANCEL) == 300 + 500
     assert redis_client.ttl(KEYS.margin) > 0  # forgotten after a quiet spell
+
+
+def test_accounts_take_turns_and_urgent_heads_go_first(redis_client: redis.Redis) -> None:
+    """One release hands out urgent heads of every account first, then one turn per line per
+    round, so a burst on one account is not published ahead of another account's turn."""
+    scheduler = make(redis_client, accounts=("alpha", "beta"))
+    scheduler.join("alpha", Bucket.CANCEL, jobs(5, "a"))
+    scheduler.join("beta", Bucket.CANCEL, jobs(5, "b"))
+    scheduler.join("beta", Bucket.CANCEL, ["urgent"], priority=Priority.URGENT)
+    turns, _ = scheduler.release()
+    assert [t.job for t in turns] == ["urgent", "a000", "b000", "a001"]

@@ -1,7 +1,8 @@
 """cancel-worker: reliable, rate-limited cancellation of CoinSwitch PRO futures orders.
 
 `celery -A worker worker` finds the Celery app here; strategy services call
-`request_cancel` / `request_cancels` and read records with `get_record` / `get_records`.
+`request_cancel` / `request_cancels` / `request_cancel_all` and read records with
+`get_record` / `get_records` / `get_batch`.
 Names are loaded on first use, so `cancel-worker sandbox` or `--help` never needs the
 service's configuration, and a bad variable is reported by the command that needs it.
 """
@@ -22,6 +23,11 @@ _EXPORTS = {
     "request_cancels": "worker.producer",
     "get_record": "worker.producer",
     "get_records": "worker.producer",
+    "request_cancel_all": "worker.producer",
+    "get_batch": "worker.producer",
+    "BatchRecord": "worker.models",
+    "BatchState": "worker.models",
+    "Priority": "worker.models",
     "CancelRecord": "worker.models",
     "OrderState": "worker.models",
     "FINAL_STATES": "worker.models",

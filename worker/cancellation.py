@@ -21,7 +21,6 @@ import structlog
 
 from worker.errors import (
     AuthError,
-    ExchangeError,
     OrderNotFound,
     OutcomeUnknown,
     RateLimited,
@@ -31,20 +30,17 @@ from worker.models import (
     EXCHANGE_CANCEL_PENDING,
     EXCHANGE_OPEN,
     EXCHANGE_TERMINAL,
-    Bucket,
     CancelRecord,
     ErrorCode,
     OrderState,
-    Priority,
 )
 from worker.records import now_ms
-from worker.scheduler import Scheduler, Turn
+from worker.scheduler import Turn
 from worker.services import Services
 
 MAX_UNKNOWN_SENDS = 5  # DELETEs in a row with unknown outcome before slow re-checks
 NOT_FOUND_CHECKS = 2  # an unknown id is final only after this many "not found" answers
 REFUSED_OPEN_RETRY_S = 0.5  # a refused cancel of a still-open order (just placed) waits this
-WAITING_RECHECK_S = 60.0  # the sweeper looks again this often at an order waiting in line
 
 log = structlog.get_logger(__name__)
 
@@ -76,28 +72,12 @@ def poll_delay_s(services: Services, polls: int) -> float:
     return float(min(settings.poll_max_delay_s, settings.poll_initial_delay_s * 2**polls))
 
 
-def _call(turn: Turn, request: Any, *args: Any) -> dict[str, Any]:
-    """Make one exchange request on a taken turn; teach the margin if the exchange answered."""
-    try:
-        result: dict[str, Any] = request(*args)
-    except RateLimited:
-        turn.answered()
-        turn.rate_limited()
-        raise
-    except ExchangeError as exc:
-        if exc.status_code is not None:  # a timeout or a dropped connection says nothing
-            turn.answered()
-        raise
-    turn.answered()
-    return result
-
-
 def _record_truth(services: Services, order_id: str, order: dict[str, Any]) -> Step | None:
     """Record what a status or cancel answer says; None if the order is still open (RAISED)."""
     status = order["status"]
     store = services.store
     if status in EXCHANGE_TERMINAL:
-        record = store.transition(order_id, OrderState(status), order=order, delete_in_flight=False)
+        record = store.settle(order_id, order)
         log.info("order.final", state=status)
         return Step(Move.DONE, record=record)
     if status == EXCHANGE_OPEN:
@@ -189,7 +169,7 @@ def _send_cancel(services: Services, record: CancelRecord, turn: Turn) -> Step:
         return Step(Move.CANCEL, record=record)
     client = services.exchange(record.account)
     try:
-        order = _call(turn, client.cancel_order, order_id, record.exchange)
+        order = turn.request(lambda: client.cancel_order(order_id, record.exchange))
     except OutcomeUnknown as exc:
         streak = record.unknown_sends + 1
         log.warning("cancel.outcome_unknown", error=str(exc), attempt=marked.attempts)
@@ -247,12 +227,13 @@ def _check(services: Services, record: CancelRecord, turn: Turn) -> Step:
     if not turn.take():
         return Step(Move.CHECK, record=record)
     try:
-        order = _call(turn, services.exchange(record.account).get_order, order_id)
+        client = services.exchange(record.account)
+        order = turn.request(lambda: client.get_order(order_id))
     except RateLimited:
-        return _check_again(services, record)
+        return still_pending(services, record)
     except OutcomeUnknown as exc:
         log.warning("poll.outcome_unknown", error=str(exc))
-        return _check_again(services, record)
+        return still_pending(services, record)
     except AuthError as exc:
         return _fail(services, order_id, ErrorCode.AUTH, exc)
     except OrderNotFound as exc:
@@ -268,13 +249,14 @@ def _check(services: Services, record: CancelRecord, turn: Turn) -> Step:
         return Step(Move.CANCEL, REFUSED_OPEN_RETRY_S if record.refused else 0.0, updated)
     if status not in (EXCHANGE_OPEN, EXCHANGE_CANCEL_PENDING):
         log.warning("order.unknown_status", status=status)  # keep polling, never guess
-    return _check_again(services, record, order=order)
+    return still_pending(services, record, order=order)
 
 
-def _check_again(
+def still_pending(
     services: Services, record: CancelRecord, *, order: dict[str, Any] | None = None
 ) -> Step:
-    """Record a pending answer and queue the next read, or go UNCONFIRMED when spent."""
+    """Record that the order is not final yet; say when to look again (UNCONFIRMED when
+    active confirmation is spent: too many looks, or past the deadline)."""
     settings = services.settings
     accepted = record.cancel_accepted or (order or {}).get("status") == EXCHANGE_CANCEL_PENDING
     raised_at = next(
@@ -295,66 +277,3 @@ def _check_again(
         record.order_id, state, order=order, cancel_accepted=accepted, polls=record.polls + 1
     )
     return Step(Move.CHECK, delay_s, updated)
-
-
-def follow(services: Services, scheduler: Scheduler, order_id: str, step: Step) -> None:
-    """Queue the order for the turn a Step asks for (DONE queues nothing)."""
-    if step.move is Move.DONE:
-        return
-    record = step.record or services.store.get(order_id)
-    if record is None or record.is_final:
-        return
-    priority = Priority(record.priority)
-    if step.move is Move.CANCEL:
-        # A cancel keeps its place in line: ordered by when it was requested.
-        scheduler.join(
-            record.account,
-            Bucket.CANCEL,
-            [order_id],
-            priority=priority,
-            delay_s=step.delay_s,
-            since_ms=record.requested_at,
-        )
-    else:
-        scheduler.join(
-            record.account, Bucket.STATUS, [order_id], priority=priority, delay_s=step.delay_s
-        )
-
-
-def sweep(services: Services, scheduler: Scheduler, *, limit: int) -> int:
-    """Put lost work back in line; return how many orders were re-queued.
-
-    Every unfinished order is watched. When its watch time passes, the order is left alone
-    if it is final, waits in a line, or a task holds it (a lease); otherwise its turn was
-    lost (a message dropped between BRPOP and kombu's bookkeeping when a worker was killed,
-    celery/celery#7950, or a dispatcher died between handing a turn out and publishing it)
-    and it joins the line for its next step. Duplicates are harmless: every turn checks the
-    record and its lease first.
-    """
-    store, keys = services.store, services.keys
-    ids = store.due(now_ms(), limit)
-    records = store.get_many(ids)
-    pipe = services.redis.pipeline(transaction=False)
-    for order_id, record in zip(ids, records, strict=True):
-        account = record.account if record is not None else ""
-        for bucket in (Bucket.CANCEL, Bucket.STATUS):
-            pipe.zscore(keys.room_ready(account, bucket), order_id)
-            pipe.zscore(keys.room_later(account, bucket), order_id)
-        pipe.exists(keys.cancel_lease(order_id), keys.poll_lease(order_id))
-    found = pipe.execute()
-    requeued = 0
-    waiting_until = now_ms() + int(WAITING_RECHECK_S * 1000)
-    for i, (order_id, record) in enumerate(zip(ids, records, strict=True)):
-        if record is None or record.is_final:
-            store.unschedule(order_id)
-            continue
-        if any(value is not None for value in found[i * 5 : i * 5 + 4]) or found[i * 5 + 4]:
-            store.schedule_check(order_id, waiting_until)
-            continue
-        fresh = record.state is OrderState.QUEUED
-        resend = fresh and not record.delete_in_flight and not record.cancel_accepted
-        follow(services, scheduler, order_id, Step(Move.CANCEL if resend else Move.CHECK))
-        store.schedule_check(order_id, now_ms() + services.watch_grace_ms)
-        log.warning("sweep.requeued", order_id=order_id, state=record.state.value)
-        requeued += 1
-    return requeued

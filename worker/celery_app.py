@@ -24,6 +24,8 @@ from worker.settings import Settings
 
 CANCEL_TASK = "cancel_worker.cancel_order"
 POLL_TASK = "cancel_worker.poll_order_status"
+CANCEL_ALL_TASK = "cancel_worker.cancel_all"
+LIST_TASK = "cancel_worker.list_orders"  # internal: a turn of an order-list budget
 SWEEP_TASK = "cancel_worker.sweep"
 
 UNACKED_RESTORE_INTERVAL_S = 2  # how often a worker scans for messages of dead workers
@@ -44,7 +46,9 @@ def make_app(settings: Settings) -> Celery:
         task_default_queue=POLL_QUEUE,
         task_routes={
             CANCEL_TASK: {"queue": CANCEL_QUEUE},
+            CANCEL_ALL_TASK: {"queue": CANCEL_QUEUE},
             POLL_TASK: {"queue": POLL_QUEUE},
+            LIST_TASK: {"queue": POLL_QUEUE},
             SWEEP_TASK: {"queue": POLL_QUEUE},
         },
         broker_transport_options={

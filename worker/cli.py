@@ -21,8 +21,24 @@ from kombu.exceptions import OperationalError
 
 from worker import stack
 from worker.errors import BrokerUnavailable, ConfigError, InvalidRequest
-from worker.models import DEFAULT_ACCOUNT, DEFAULT_EXCHANGE, Bucket, OrderState, Priority
-from worker.progress import Progress, record_line, show, waiting_json, waiting_text, where
+from worker.models import (
+    BATCH_PREFIX,
+    DEFAULT_ACCOUNT,
+    DEFAULT_EXCHANGE,
+    BatchState,
+    Bucket,
+    OrderState,
+    Priority,
+)
+from worker.progress import (
+    Progress,
+    record_line,
+    show,
+    show_batch,
+    waiting_json,
+    waiting_text,
+    where,
+)
 from worker.sandbox import cli as sandbox_cli
 from worker.settings import DEFAULT_REDIS_URL, redact_url
 
@@ -103,6 +119,55 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--json", action="store_true", help="print one JSON object per line")
     cancel.set_defaults(func=_cancel)
 
+    cancel_all = commands.add_parser(
+        "cancel-all",
+        help="cancel every open order of a symbol (or of the account) with one exchange call",
+        description="Record a cancel-all and put it in line for the account's cancel-all "
+        "budget (10/60s by default). On its turn one POST /futures/cancel_all goes out, and "
+        "every order the exchange names gets its own record, confirmed to its final state "
+        "(through the order lists first). Without --symbol, every open order of the account "
+        "is cancelled, not only a strategy's own.",
+        epilog=_exit_codes(
+            EXIT_OK,
+            EXIT_FAILED,
+            EXIT_BAD_INPUT,
+            EXIT_TIMEOUT,
+            EXIT_UNAVAILABLE,
+            failed="the cancel-all failed, or one of its orders ended FAILED",
+        ),
+        formatter_class=_Formatter,
+    )
+    cancel_all.add_argument(
+        "--symbol", default=None, help="only this symbol, e.g. BTCUSDT (default: every symbol)"
+    )
+    cancel_all.add_argument(
+        "--exchange", default=DEFAULT_EXCHANGE, help="futures exchange, any case"
+    )
+    cancel_all.add_argument(
+        "--account", default=DEFAULT_ACCOUNT, help="the account (API key) to cancel orders of"
+    )
+    cancel_all.add_argument(
+        "--priority",
+        default=Priority.NORMAL.value,
+        choices=[p.value for p in Priority],
+        help="urgent: take the next free cancel-all slot ahead of normal ones",
+    )
+    cancel_all.add_argument(
+        "--wait",
+        action="store_true",
+        help="print the batch's progress until every order it cancelled is final; then a "
+        "summary by final state",
+    )
+    cancel_all.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT_TIMEOUT_S,
+        metavar="S",
+        help="with --wait, give up after S seconds (exit 3)",
+    )
+    cancel_all.add_argument("--json", action="store_true", help="print one JSON object per line")
+    cancel_all.set_defaults(func=_cancel_all)
+
     status = commands.add_parser(
         "status",
         help="print the records of one or more orders",
@@ -111,7 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_exit_codes(EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE),
         formatter_class=_Formatter,
     )
-    status.add_argument("order_ids", nargs="+", metavar="ORDER_ID", help="exchange order id (UUID)")
+    status.add_argument(
+        "order_ids",
+        nargs="+",
+        metavar="ID",
+        help="exchange order id (UUID), or a cancel-all's batch id (batch-<uuid>)",
+    )
     status.add_argument("--json", action="store_true", help="print one JSON object per line")
     status.set_defaults(func=_status)
 
@@ -229,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except InvalidRequest as exc:
-        written = "; nothing was enqueued" if args.command == "cancel" else ""
+        written = "; nothing was enqueued" if args.command in ("cancel", "cancel-all") else ""
         print(f"cancel-worker: error: {exc}{written}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (BrokerUnavailable, ConfigError) as exc:
@@ -283,14 +353,62 @@ def _cancel(args: argparse.Namespace) -> int:
         time.sleep(WAIT_POLL_INTERVAL_S)
 
 
+def _cancel_all(args: argparse.Namespace) -> int:
+    from worker.producer import get_batch, get_records, request_cancel_all
+
+    batch = request_cancel_all(
+        args.exchange, args.symbol, account=args.account, priority=args.priority
+    )
+    show_batch(batch, args.json, sys.stdout)
+    if not args.wait:
+        return EXIT_OK
+    progress = Progress(sys.stdout, args.json)
+    deadline = time.monotonic() + args.timeout
+    state = batch.state
+    while True:
+        current = get_batch(batch.batch_id) or batch
+        if current.state != state:
+            state = current.state
+            show_batch(current, args.json, sys.stdout)
+        records = get_records(current.orders_ids) if current.orders_ids else []
+        if current.is_final:
+            progress.summary(records)
+            failed = current.state is BatchState.FAILED or any(
+                r is not None and r.state is OrderState.FAILED for r in records
+            )
+            return EXIT_FAILED if failed else EXIT_OK
+        if time.monotonic() > deadline:
+            progress.summary(records)
+            print(
+                f"cancel-worker: timed out after {args.timeout:g}s; {batch.batch_id} is "
+                f"{current.state.value}",
+                file=sys.stderr,
+            )
+            return EXIT_TIMEOUT
+        progress.batch_report(current, records)
+        time.sleep(WAIT_POLL_INTERVAL_S)
+
+
 def _status(args: argparse.Namespace) -> int:
-    from worker.producer import get_records
+    from worker.producer import get_batch, get_records
     from worker.services import get_services
 
-    records = get_records(args.order_ids)  # validates every id first
+    batch_ids = [i for i in args.order_ids if i.startswith(BATCH_PREFIX)]
+    batches = {i: get_batch(i) for i in batch_ids}  # validates every batch id first
+    order_ids = [i for i in args.order_ids if not i.startswith(BATCH_PREFIX)]
+    records = dict(zip(order_ids, get_records(order_ids), strict=True))  # and every order id
     observer = get_services().observer()
     code = EXIT_OK
-    for order_id, record in zip(args.order_ids, records, strict=True):
+    for batch_id, batch in batches.items():
+        if batch is None:
+            code = EXIT_FAILED
+            if args.json:
+                print(json.dumps({"batch_id": batch_id, "state": None}), flush=True)
+            else:
+                print(f"{batch_id}  no such cancel-all (or its record expired)", flush=True)
+            continue
+        show_batch(batch, args.json, sys.stdout)
+    for order_id, record in records.items():
         if record is None:
             code = EXIT_FAILED
             if args.json:

@@ -21,10 +21,12 @@ import redis
 import structlog
 
 from worker.accounts import register
-from worker.cancellation import sweep
+from worker.celery_app import CANCEL_ALL_TASK, CANCEL_TASK, LIST_TASK, POLL_TASK, app
+from worker.models import Bucket
 from worker.records import now_ms
 from worker.scheduler import Released, Scheduler
 from worker.services import Services
+from worker.sweeper import sweep
 
 IDLE_WAIT_S = 5.0  # when nothing is due, look again this often (a join wakes it sooner)
 ERROR_PAUSE_S = 1.0  # after a Redis error, before trying again
@@ -38,6 +40,45 @@ STOP_TIMEOUT_S = 5.0
 log = structlog.get_logger(__name__)
 
 Publish = Callable[[Released], None]
+
+#: The task that uses a turn of each budget (routed to its queue by celery_app).
+TASK_OF = {
+    Bucket.CANCEL: CANCEL_TASK,
+    Bucket.STATUS: POLL_TASK,
+    Bucket.CANCEL_ALL: CANCEL_ALL_TASK,
+    Bucket.OPEN_ORDERS: LIST_TASK,
+    Bucket.CLOSED_ORDERS: LIST_TASK,
+}
+
+
+def publish_turn(turn: Released) -> None:
+    """Publish a turn as the task that uses it (by name: any process may hand out turns).
+
+    Its task id starts with the budget and the job (`cancel-<order_id>-…`), so Flower's list
+    and its search find an order's DELETE and status reads at a glance.
+    """
+    name = TASK_OF[turn.bucket]
+    suffix = uuid.uuid4().hex[:8]
+    if turn.bucket in (Bucket.CANCEL, Bucket.STATUS):
+        args: tuple[str, ...] = (turn.job,)
+        kwargs = {"account": turn.account, "turn": turn.member}
+        shown = {"account": turn.account}
+        task_id = f"{turn.bucket.value}-{turn.job}-{suffix}"
+    elif turn.bucket is Bucket.CANCEL_ALL:
+        args, kwargs = (), {"batch": turn.job, "account": turn.account, "turn": turn.member}
+        shown = {"batch": turn.job, "account": turn.account}
+        task_id = f"{turn.bucket.value}-{turn.job}-{suffix}"
+    else:
+        args = ()
+        kwargs = {
+            "job": turn.job,
+            "account": turn.account,
+            "bucket": turn.bucket.value,
+            "turn": turn.member,
+        }
+        shown = {"job": turn.job, "account": turn.account}
+        task_id = f"{turn.bucket.value}-{turn.account}-{suffix}"
+    app.send_task(name, args, kwargs, task_id=task_id, kwargsrepr=repr(shown))
 
 
 class Dispatcher:

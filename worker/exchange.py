@@ -1,14 +1,16 @@
-"""The two exchange calls the worker makes, with every answer mapped to a result or an error.
+"""The exchange calls the worker makes, with every answer mapped to a result or an error.
 
-Mapping (DESIGN.md §3): 200 → a normalised order; 401/403 → AuthError; 429 → RateLimited;
-another 4xx → Refused (cancel) or OrderNotFound (status, or a 404 on cancel); 5xx, timeout,
-connection loss or a malformed body → OutcomeUnknown, since the operation may have happened.
+Mapping (DESIGN.md §3): 200 → a normalised order (or ids, or a page of orders); 401/403 →
+AuthError; 429 → RateLimited; another 4xx → OrderNotFound (status, or a 404 on cancel) or
+Refused; 5xx, timeout, connection loss or a malformed body → OutcomeUnknown, since the
+operation may have happened.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,9 +30,22 @@ from worker.settings import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S
 from worker.signing import Signer
 
 ORDER_PATH = "/trade/api/v2/futures/order"
+CANCEL_ALL_PATH = "/trade/api/v2/futures/cancel_all"
+OPEN_ORDERS_PATH = "/trade/api/v2/futures/orders/open"
+CLOSED_ORDERS_PATH = "/trade/api/v2/futures/orders/closed"
+LIST_LIMIT = 50  # most orders one list call returns (API.md §6c)
+LIST_WINDOW_MS = 7 * 24 * 3600 * 1000  # widest from_time..to_time a list call accepts
 DEFAULT_TIMEOUT_S = (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S)
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class OrderPage:
+    """One page of the open or closed order list: newest first, and where the next begins."""
+
+    orders: list[dict[str, Any]]
+    cursor: int | None  # created_at of the oldest order on the page: the next page's to_time
 
 
 class ExchangeClient:
@@ -61,17 +76,73 @@ class ExchangeClient:
         body_in = self._request("GET", path, "status", order_id)
         return _order_at(body_in, "data", "order", order_id=order_id, endpoint="status")
 
+    def cancel_all(self, exchange: str, symbol: str | None) -> list[str]:
+        """Send `POST /futures/cancel_all` (one symbol, or the whole account); return the ids
+        of the orders the exchange sent for cancellation."""
+        body = {"exchange": exchange, **({"symbol": symbol} if symbol else {})}
+        body_in = self._request("POST", CANCEL_ALL_PATH, "cancel_all", None, body=body)
+        ids = (
+            body_in.get("data", {}).get("orders_ids")
+            if isinstance(body_in.get("data"), dict)
+            else None
+        )
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise OutcomeUnknown(
+                "cancel_all: unexpected response shape (no list at data.orders_ids)",
+                endpoint="cancel_all",
+                status_code=200,
+            )
+        return [order_id.lower() for order_id in ids]
+
+    def list_orders(
+        self,
+        *,
+        closed: bool,
+        exchange: str,
+        symbol: str | None = None,
+        from_time: int | None = None,
+        to_time: int | None = None,
+        limit: int = LIST_LIMIT,
+    ) -> OrderPage:
+        """Send `POST /futures/orders/open` or `/closed`: newest first, created in the window."""
+        endpoint = "closed_orders" if closed else "open_orders"
+        body: dict[str, Any] = {"exchange": exchange, "limit": limit}
+        for name, value in (("symbol", symbol), ("from_time", from_time), ("to_time", to_time)):
+            if value is not None:
+                body[name] = value
+        path = CLOSED_ORDERS_PATH if closed else OPEN_ORDERS_PATH
+        body_in = self._request("POST", path, endpoint, None, body=body)
+        data = body_in.get("data")
+        orders = data.get("orders") if isinstance(data, dict) else None
+        cursor = data.get("cursor") if isinstance(data, dict) else None
+        valid = isinstance(orders, list) and all(
+            isinstance(o, dict)
+            and isinstance(o.get("order_id"), str)
+            and isinstance(o.get("status"), str)
+            for o in orders
+        )
+        if not valid or not (cursor is None or isinstance(cursor, int)):
+            raise OutcomeUnknown(
+                f"{endpoint}: unexpected response shape (no orders list at data.orders)",
+                endpoint=endpoint,
+                status_code=200,
+            )
+        assert isinstance(orders, list)
+        return OrderPage([normalise_order(o) for o in orders], cursor)
+
     def _request(
         self,
         method: str,
         path: str,
         endpoint: str,
-        order_id: str,
+        order_id: str | None,
         *,
         body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        context: dict[str, Any] = {"endpoint": endpoint, "order_id": order_id}
+        context: dict[str, Any] = {"endpoint": endpoint}
+        if order_id is not None:
+            context["order_id"] = order_id
         try:
             response = self.session.request(
                 method,
@@ -110,7 +181,7 @@ class ExchangeClient:
             raise RateLimited(f"{endpoint}: 429 {message}", status_code=status, **context)
         if 400 <= status < 500:
             kind: type[ExchangeError] = Refused
-            if endpoint == "status" or status == 404:
+            if endpoint == "status" or (endpoint == "cancel" and status == 404):
                 kind = OrderNotFound
             raise kind(f"{endpoint}: {status} {message}", status_code=status, **context)
         raise OutcomeUnknown(f"{endpoint}: {status} {message}", status_code=status, **context)

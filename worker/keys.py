@@ -36,6 +36,26 @@ class Keys:
         """String: the JSON record of one cancellation."""
         return f"{self.namespace}:record:{order_id}"
 
+    def batch(self, batch_id: str) -> str:
+        """String: the JSON record of one cancel-all request."""
+        return f"{self.namespace}:batch:{batch_id}"
+
+    def batch_lease(self, batch_id: str) -> str:
+        """String: which delivery may send this batch's cancel-all right now."""
+        return f"{self.namespace}:lease:batch:{batch_id}"
+
+    def batch_pending(self, batch_id: str) -> str:
+        """Set: the orders of a cancel-all that have no final record yet."""
+        return f"{self.namespace}:batch:{batch_id}:pending"
+
+    def confirm(self, account: str) -> str:
+        """Sorted set: orders awaiting confirmation that the order lists may settle → due ms."""
+        return f"{self.namespace}:confirm:{account}"
+
+    def confirm_pass(self, account: str) -> str:
+        """String: when the account's last list pass began (ms), to pace the next."""
+        return f"{self.namespace}:confirm:{account}:last"
+
     @property
     def events(self) -> str:
         """Stream: every record transition, for strategy services' consumer groups."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,7 @@ class CancelRecord:
     delete_in_flight: bool = False
     polls: int = 0
     not_found: int = 0
+    batch_id: str | None = None  # the cancel-all that cancelled it, if one did
     unknown_sends: int = 0  # DELETEs in a row whose outcome was unknown
     refused: bool = False  # the last DELETE was refused (the order may be just placed)
 
@@ -200,3 +202,90 @@ def validate_priority(value: object) -> Priority:
     if isinstance(value, str) and value.lower() in {p.value for p in Priority}:
         return Priority(value.lower())
     raise InvalidRequest("priority", value, "must be urgent or normal")
+
+
+_SYMBOL_RE = re.compile(r"[A-Z0-9]{1,20}USDT")
+BATCH_PREFIX = "batch-"
+
+
+def validate_symbol(value: object) -> str | None:
+    """Return the futures symbol upper-cased (None for none), or raise InvalidRequest."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SYMBOL_RE.fullmatch(value.upper()):
+        raise InvalidRequest(
+            "symbol", value, "must be a futures symbol like BTCUSDT (base asset + USDT)"
+        )
+    return value.upper()
+
+
+def new_batch_id() -> str:
+    """A fresh batch id: `batch-` and a UUID, so it never reads as an order id."""
+    return f"{BATCH_PREFIX}{uuid.uuid4()}"
+
+
+def is_batch_id(value: str) -> bool:
+    """Whether an id names a cancel-all batch rather than an order."""
+    return value.startswith(BATCH_PREFIX) and bool(_UUID_RE.fullmatch(value[len(BATCH_PREFIX) :]))
+
+
+class BatchState(enum.StrEnum):
+    """The state of one cancel-all request."""
+
+    QUEUED = "QUEUED"  # waiting for a cancel-all turn
+    UNCONFIRMED = "UNCONFIRMED"  # its answer was lost: finding out whether it took effect
+    ACCEPTED = "ACCEPTED"  # the exchange named the orders it sent for cancellation
+    DONE = "DONE"  # every order it cancelled has a final record
+    FAILED = "FAILED"  # refused (auth, rejected): it cancelled nothing
+
+
+FINAL_BATCH_STATES = frozenset({BatchState.DONE, BatchState.FAILED})
+
+
+@dataclass
+class BatchRecord:
+    """One cancel-all request and the orders the exchange sent for cancellation."""
+
+    batch_id: str
+    account: str
+    exchange: str
+    symbol: str | None  # None: every symbol of the account
+    priority: str
+    state: BatchState
+    requested_at: int
+    updated_at: int
+    final_at: int | None = None
+    orders_ids: list[str] = field(default_factory=list)
+    #: True when the answer was lost and orders_ids were found by listing the orders.
+    reconstructed: bool = False
+    attempts: int = 0
+    error: dict[str, str] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # Bookkeeping, not part of the public record.
+    sent_at: int | None = None  # Redis ms of the last cancel-all sent
+    in_flight: bool = False  # a cancel-all was sent and its outcome is not known yet
+    found: dict[str, Any] = field(default_factory=dict)  # orders a lost one sent, so far
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the state can no longer change."""
+        return self.state in FINAL_BATCH_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchRecord:
+        """Rebuild a batch from `to_dict` output, ignoring fields this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["state"] = BatchState(values["state"])
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        """The documented batch record, without internal bookkeeping."""
+        data = self.to_dict()
+        for name in ("sent_at", "in_flight", "found"):
+            data.pop(name)
+        return data

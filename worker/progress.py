@@ -6,7 +6,14 @@ import json
 import time
 from typing import Any, TextIO
 
-from worker.models import DEFAULT_ACCOUNT, Bucket, CancelRecord, Priority
+from worker.models import (
+    DEFAULT_ACCOUNT,
+    BatchRecord,
+    BatchState,
+    Bucket,
+    CancelRecord,
+    Priority,
+)
 from worker.scheduler import Scheduler, Waiting
 
 WAIT_REPORT_S = 5.0  # how often --wait says when the next send is expected (not on a TTY)
@@ -76,6 +83,28 @@ def show(record: CancelRecord, as_json: bool, out: TextIO) -> None:
     print(json.dumps(record.public()) if as_json else record_line(record), file=out, flush=True)
 
 
+def batch_line(batch: BatchRecord) -> str:
+    """One line per cancel-all for people."""
+    scope = batch.symbol or "every symbol"
+    line = f"{batch.batch_id}  {batch.state.value}  {scope}"
+    if batch.orders_ids or batch.state is BatchState.ACCEPTED:
+        line += f"  orders={len(batch.orders_ids)}"
+    if batch.account != DEFAULT_ACCOUNT:
+        line += f"  account={batch.account}"
+    if batch.priority != Priority.NORMAL.value:
+        line += f"  priority={batch.priority}"
+    if batch.reconstructed:
+        line += "  (orders found by listing: the exchange's answer was lost)"
+    if batch.error:
+        line += f"  error={batch.error.get('code')}: {batch.error.get('message')}"
+    return line
+
+
+def show_batch(batch: BatchRecord, as_json: bool, out: TextIO) -> None:
+    """Print a cancel-all as a JSON line or a line for people."""
+    print(json.dumps(batch.public()) if as_json else batch_line(batch), file=out, flush=True)
+
+
 class Progress:
     """What `cancel --wait` prints while it waits: state changes, and when sends are due.
 
@@ -119,6 +148,24 @@ class Progress:
         else:
             print(line, file=self.out, flush=True)
 
+    def batch_report(self, batch: BatchRecord, records: list[CancelRecord | None]) -> None:
+        """Say how many of a cancel-all's orders are final yet."""
+        now = time.monotonic()
+        if now < self._next_report or batch.state is not BatchState.ACCEPTED:
+            return
+        self._next_report = now + self._every_s
+        final = sum(1 for r in records if r is not None and r.is_final)
+        if self.as_json:
+            line = json.dumps({"batch_id": batch.batch_id, "final": final, "orders": len(records)})
+        else:
+            line = f"waiting: {final} of {len(records)} orders final"
+        if self.tty:
+            self.out.write(CLEAR_LINE + line)
+            self.out.flush()
+            self._live = True
+        else:
+            print(line, file=self.out, flush=True)
+
     def summary(self, records: list[CancelRecord | None]) -> None:
         """The count of orders by state (final, or still pending)."""
         self._clear()
@@ -130,7 +177,7 @@ class Progress:
             print(json.dumps({"summary": counts}), file=self.out, flush=True)
         else:
             text = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-            print(f"summary: {text}", file=self.out, flush=True)
+            print(f"summary: {text or 'no orders'}", file=self.out, flush=True)
 
     def _clear(self) -> None:
         if self._live:

@@ -23,37 +23,42 @@ DEFAULT_EVENTS_MAXLEN = 100_000  # approximate cap of the event stream (entries)
 #: Upper bounds (seconds) of the request → final histogram that metrics expose.
 TIME_TO_FINAL_BUCKETS_S = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 
-#: Create the records that do not exist yet, each with its QUEUED event, count and watch,
-#: and put each new one in line for a DELETE turn; wake the dispatchers.
+#: Create the records that do not exist yet, each with its first event, count and watch;
+#: a QUEUED one also joins its account's line for a DELETE turn, and one a cancel-all sent
+#: joins its batch's pending set. Wakes the dispatchers if anything joined a line.
 #: KEYS: [1] events stream, [2] state counts hash, [3] due zset, [4..7] the cancel line
-#:       (ready, later, info, active index), [8] wake list, [9..] record keys
+#:       (ready, later, info, active index), [8] wake list, [9] the batch's pending set,
+#:       [10..] record keys
 #: ARGV: [1] TTL s, [2] watch-at ms or "", [3] events maxlen, [4] exchange, [5] now ms,
-#:       [6] account, [7] priority, [8] rank, [9] budget id, then (order_id, record JSON)
-#:       for each record key in order
+#:       [6] account, [7] priority, [8] rank, [9] budget id, [10] state, [11] "1" to join
+#:       the cancel line, [12] batch id or "", then (order_id, record JSON) per record key
 #: Returns: a list of 1 (created) / 0 (existed), one per record key.
 CREATE_LUA = (
     LIBRARY
     + """
-local created, any = {}, false
+local created, joined = {}, false
 local now = clock()
-for i = 9, #KEYS do
-  local n = (i - 9) * 2
-  local order_id, body = ARGV[10 + n], ARGV[11 + n]
+for i = 10, #KEYS do
+  local n = (i - 10) * 2
+  local order_id, body = ARGV[13 + n], ARGV[14 + n]
   if redis.call('SET', KEYS[i], body, 'NX', 'EX', tonumber(ARGV[1])) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'order_id', order_id,
-      'exchange', ARGV[4], 'account', ARGV[6], 'priority', ARGV[7], 'state', 'QUEUED',
-      'previous', '', 'at', ARGV[5], 'error_code', '')
-    redis.call('HINCRBY', KEYS[2], 'QUEUED', 1)
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'order',
+      'order_id', order_id, 'exchange', ARGV[4], 'account', ARGV[6], 'priority', ARGV[7],
+      'state', ARGV[10], 'previous', '', 'at', ARGV[5], 'error_code', '', 'batch_id', ARGV[12])
+    redis.call('HINCRBY', KEYS[2], ARGV[10], 1)
     if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), order_id) end
-    join(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[9], order_id, tonumber(ARGV[8]), now,
-      tonumber(ARGV[5]), n / 2, now)
+    if ARGV[11] == '1' then
+      join(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[9], order_id, tonumber(ARGV[8]), now,
+        tonumber(ARGV[5]), n / 2, now)
+      joined = true
+    end
+    if ARGV[12] ~= '' then redis.call('SADD', KEYS[9], order_id) end
     created[#created + 1] = 1
-    any = true
   else
     created[#created + 1] = 0
   end
 end
-if any then wake(KEYS[8]) end
+if joined then wake(KEYS[8]) end
 return created
 """
 )
@@ -101,11 +106,14 @@ class RecordStore:
         *,
         ttl_s: int,
         events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        on_batch_order_final: Callable[[str], object] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.ttl_s = ttl_s
         self.events_maxlen = events_maxlen
+        #: Called with the batch id after an order of a cancel-all became final.
+        self.on_batch_order_final = on_batch_order_final
         self._create = client.register_script(CREATE_LUA)
         self._discard = client.register_script(DISCARD_LUA)
 
@@ -145,16 +153,24 @@ class RecordStore:
         account: str = DEFAULT_ACCOUNT,
         priority: Priority = Priority.NORMAL,
         watch_at_ms: int | None = None,
+        batch_id: str | None = None,
+        accepted: bool = False,
     ) -> tuple[list[CancelRecord], list[bool]]:
-        """Create QUEUED records for the ids that have none, atomically, in one round trip.
+        """Create records for the ids that have none, atomically, in one round trip.
 
-        Each new record gets its QUEUED event and state count in the same script, joins the
-        account's line for a DELETE turn, and with `watch_at_ms` the sweeper watches it from
-        then on, so no record exists that nothing would ever look at. Existing records are
-        returned as they are.
+        Each new record is QUEUED and joins the account's line for a DELETE turn, unless
+        `accepted`: orders a cancel-all already sent for cancellation are created
+        CANCELLATION_RAISED. With `batch_id` each is also pending in that batch. Each new
+        record gets its first event and state count in the same script, and with
+        `watch_at_ms` the sweeper watches it from then on, so no record exists that nothing
+        would ever look at. Existing records are returned as they are.
         """
         at = now_ms()
-        fresh = [_queued(order_id, exchange, account, priority, at) for order_id in order_ids]
+        state = OrderState.CANCELLATION_RAISED if accepted else OrderState.QUEUED
+        fresh = [
+            _new_record(order_id, exchange, account, priority, at, state, batch_id, accepted)
+            for order_id in order_ids
+        ]
         if not fresh:
             return [], []
         flags = self._create(
@@ -164,6 +180,7 @@ class RecordStore:
                 self.keys.due,
                 *room_keys(self.keys, account, Bucket.CANCEL),
                 self.keys.wake,
+                self.keys.batch_pending(batch_id or ""),
                 *(self.keys.record(r.order_id) for r in fresh),
             ],
             args=[
@@ -176,6 +193,9 @@ class RecordStore:
                 priority.value,
                 priority.rank,
                 budget_id(account, Bucket.CANCEL),
+                state.value,
+                "0" if accepted else "1",
+                batch_id or "",
                 *(item for r in fresh for item in (r.order_id, json.dumps(r.to_dict()))),
             ],
         )
@@ -226,6 +246,13 @@ class RecordStore:
             pipe.set(key, json.dumps(changed.to_dict()), ex=self.ttl_s)
             if changed.is_final:
                 pipe.zrem(self.keys.due, order_id)
+                pipe.zrem(self.keys.confirm(changed.account), order_id)
+                for bucket in (Bucket.CANCEL, Bucket.STATUS):  # no turn is needed any more
+                    pipe.zrem(self.keys.room_ready(changed.account, bucket), order_id)
+                    pipe.zrem(self.keys.room_later(changed.account, bucket), order_id)
+                    pipe.hdel(self.keys.room_info(changed.account, bucket), order_id)
+                if changed.batch_id:
+                    pipe.srem(self.keys.batch_pending(changed.batch_id), order_id)
             if changed.state != current.state:
                 self._publish(changed, previous=current.state, pipe=pipe)
                 pipe.hincrby(self.keys.state_counts, current.state.value, -1)
@@ -235,7 +262,10 @@ class RecordStore:
             result[0] = changed
 
         self.client.transaction(attempt, key)
-        return result[0]
+        final = result[0]
+        if final is not None and final.is_final and final.batch_id and self.on_batch_order_final:
+            self.on_batch_order_final(final.batch_id)
+        return final
 
     def transition(
         self,
@@ -261,6 +291,11 @@ class RecordStore:
             return record
 
         return self.update(order_id, change)
+
+    def settle(self, order_id: str, order: dict[str, Any]) -> CancelRecord | None:
+        """Record a terminal status the exchange showed (a status read, a list, a cancel)."""
+        state = OrderState(order["status"])
+        return self.transition(order_id, state, order=order, delete_in_flight=False)
 
     def schedule_check(self, order_id: str, at_ms: int) -> None:
         """Ask the sweeper to look at this order again at `at_ms` (if nothing else does)."""
@@ -304,6 +339,7 @@ class RecordStore:
         self, record: CancelRecord, *, previous: OrderState | None, pipe: Any = None
     ) -> None:
         event = {
+            "kind": "order",
             "order_id": record.order_id,
             "exchange": record.exchange,
             "account": record.account,
@@ -312,22 +348,32 @@ class RecordStore:
             "previous": previous.value if previous else "",
             "at": str(record.updated_at),
             "error_code": (record.error or {}).get("code", ""),
+            "batch_id": record.batch_id or "",
         }
         (pipe or self.client).xadd(
             self.keys.events, event, maxlen=self.events_maxlen, approximate=True
         )
 
 
-def _queued(
-    order_id: str, exchange: str, account: str, priority: Priority, at: int
+def _new_record(
+    order_id: str,
+    exchange: str,
+    account: str,
+    priority: Priority,
+    at: int,
+    state: OrderState,
+    batch_id: str | None,
+    accepted: bool,
 ) -> CancelRecord:
     return CancelRecord(
         order_id=order_id,
         exchange=exchange,
-        state=OrderState.QUEUED,
+        state=state,
         requested_at=at,
         updated_at=at,
         account=account,
         priority=priority.value,
-        history=[{"state": OrderState.QUEUED.value, "at": at}],
+        history=[{"state": state.value, "at": at}],
+        batch_id=batch_id,
+        cancel_accepted=accepted,
     )

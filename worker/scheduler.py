@@ -39,12 +39,13 @@ import bisect
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import structlog
 
 from worker.accounts import AccountInfo
+from worker.errors import ExchangeError, RateLimited
 from worker.keys import Keys
 from worker.models import Bucket, Priority
 
@@ -63,10 +64,11 @@ MARGIN_HEADROOM = 1.2  # margin = largest recent span x this, within floor and c
 MARGIN_MEMORY_S = 600  # spans older than this are forgotten: the margin falls back to its floor
 STATS_TTL_S = 7 * 24 * 3600
 ESTIMATE_SIMULATED_SLOTS = 10_000  # past this, slot estimates are extrapolated
-#: Budgets whose jobs are order ids the sweeper watches while their turn is under way.
-WATCHED_BUCKETS = frozenset({Bucket.CANCEL, Bucket.STATUS})
+#: Budgets whose jobs (order or batch ids) the sweeper watches while their turn is under way.
+WATCHED_BUCKETS = frozenset({Bucket.CANCEL, Bucket.STATUS, Bucket.CANCEL_ALL})
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 #: Lua shared by the scripts below (and by the record store's create script).
 LIBRARY = f"""
@@ -192,7 +194,9 @@ return moved
 """
 )
 
-#: Hand the free slots of every budget whose line needs a look to the heads of their rooms.
+#: Hand the free slots of every budget whose line needs a look to the heads of their rooms:
+#: urgent heads of every line first, then the rest, one turn per line per round, so a burst
+#: on one account is never queued ahead of another account's turn.
 #: KEYS: [1] due zset, [2] margin, [3] active index, then 6 per budget: schedule, pause,
 #:       stats, ready, later, info
 #: ARGV: [1] margin floor ms, [2] margin ceiling ms, [3] lead ms, [4] watch ms, [5] promote
@@ -212,18 +216,23 @@ local function soonest(at)
   local w = math.max(0, at - now)
   if next_wait < 0 or w < next_wait then next_wait = w end
 end
-local lines = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+local function keys_of(b)
+  local k = 3 + (b - 1) * 6
+  return KEYS[k + 1], KEYS[k + 2], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
+end
+local function params_of(b)
+  local a = 6 + (b - 1) * 4
+  return ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
+end
+-- Lines due for a look: promote countdowns that ended, note who has jobs in line.
+local lines, due = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES'), {}
 for l = 1, #lines, 2 do
-  local budget, look_at, b = lines[l], tonumber(lines[l + 1]), index[lines[l]]
-  if b == nil then
-    -- another fleet's account: not ours to serve
-  elseif look_at > now + lead then
+  local b, look_at = index[lines[l]], tonumber(lines[l + 1])
+  if b ~= nil and look_at > now + lead then
     soonest(look_at)
-  else
-    local k, a = 3 + (b - 1) * 6, 6 + (b - 1) * 4
-    local schedule, pause = KEYS[k + 1], KEYS[k + 2]
-    local ready, later, info = KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
-    local limit, period, watched = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
+  elseif b ~= nil then
+    local schedule, pause, ready, later, info = keys_of(b)
+    local budget, limit, period = params_of(b)
     for _, job in ipairs(redis.call('ZRANGEBYSCORE', later, '-inf', now, 'LIMIT', 0, promote)) do
       local rank, since, pos = 1, now, 0
       local meta = redis.call('HGET', info, job)
@@ -233,38 +242,58 @@ for l = 1, #lines, 2 do
       end
       join(ready, later, info, KEYS[3], budget, job, rank, now, since, pos, now)
     end
-    local in_line, slot = redis.call('ZCARD', ready), now
-    if in_line > 0 then
-      redis.call('ZREMRANGEBYSCORE', schedule, '-inf', now - period - ceiling)
-    end
-    local window = period + margin
-    while in_line > 0 do
-      local first = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
-      local head, normal = first[1], tonumber(first[2]) >= STRIDE
-      slot = next_slot(schedule, pause, limit, window, now, normal)
-      if slot > now + lead then break end
-      redis.call('ZREM', ready, head)
-      local member = head .. '@' .. now .. '#' .. #out
-      redis.call('ZADD', schedule, slot, member)
-      redis.call('PEXPIRE', schedule, period + ceiling + 60000)
-      if watched then redis.call('ZADD', KEYS[1], now + watch, head) end
-      out[#out + 1] = b
-      out[#out + 1] = head
-      out[#out + 1] = member
-      out[#out + 1] = slot
-      in_line = in_line - 1
-    end
-    if in_line > 0 then
-      redis.call('ZADD', KEYS[3], slot, budget)
-      soonest(slot)
-    else
-      local first = redis.call('ZRANGE', later, 0, 0, 'WITHSCORES')
+    redis.call('ZREMRANGEBYSCORE', schedule, '-inf', now - period - ceiling)
+    due[#due + 1] = b
+  end
+end
+-- Rounds: urgent heads of every line, then any head; one turn per line per round.
+local blocked = {}
+for phase = 0, 1 do
+  local progress = true
+  while progress do
+    progress = false
+    for _, b in ipairs(due) do
+      local schedule, pause, ready = keys_of(b)
+      local _, limit, period, watched = params_of(b)
+      local first = blocked[b] == nil and redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES') or {}
       if #first > 0 then
-        redis.call('ZADD', KEYS[3], tonumber(first[2]), budget)
-        soonest(tonumber(first[2]))
-      else
-        redis.call('ZREM', KEYS[3], budget)
+        local head, normal = first[1], tonumber(first[2]) >= STRIDE
+        if phase == 1 or not normal then
+          local slot = next_slot(schedule, pause, limit, period + margin, now, normal)
+          if slot > now + lead then
+            blocked[b] = slot
+          else
+            redis.call('ZREM', ready, head)
+            local member = head .. '@' .. now .. '#' .. #out
+            redis.call('ZADD', schedule, slot, member)
+            redis.call('PEXPIRE', schedule, period + ceiling + 60000)
+            if watched then redis.call('ZADD', KEYS[1], now + watch, head) end
+            out[#out + 1] = b
+            out[#out + 1] = head
+            out[#out + 1] = member
+            out[#out + 1] = slot
+            progress = true
+          end
+        end
       end
+    end
+  end
+end
+-- When each line next needs a look: its next slot, its next countdown, or never.
+for _, b in ipairs(due) do
+  local _, _, ready, later = keys_of(b)
+  local budget = params_of(b)
+  if redis.call('ZCARD', ready) > 0 then
+    local at = blocked[b] or now
+    redis.call('ZADD', KEYS[3], at, budget)
+    soonest(at)
+  else
+    local first = redis.call('ZRANGE', later, 0, 0, 'WITHSCORES')
+    if #first > 0 then
+      redis.call('ZADD', KEYS[3], tonumber(first[2]), budget)
+      soonest(tonumber(first[2]))
+    else
+      redis.call('ZREM', KEYS[3], budget)
     end
   end
 end
@@ -533,11 +562,13 @@ class Scheduler:
         room = self.room_keys(account, bucket)[:3]
         return int(self._upgrade(keys=room, args=[priority.rank, *jobs]))
 
-    def release(self) -> tuple[list[Released], float | None]:
+    def release(self, only: str | None = None) -> tuple[list[Released], float | None]:
         """Hand out every free slot to its room's head; return the turns and the next wait (s).
 
-        The wait is None when no job waits anywhere (the caller sleeps until woken).
+        `only` limits it to one account's budgets (a producer handing out its own request's
+        turns). The wait is None when no job waits anywhere (the caller sleeps until woken).
         """
+        budgets = [(a, b) for a, b in self._budgets if only is None or a == only]
         keys = [self.keys.due, self.keys.margin, self.keys.active]
         args: list[Any] = [
             self.margin_floor_ms,
@@ -546,18 +577,18 @@ class Scheduler:
             self.watch_ms,
             PROMOTE_PER_CALL,
         ]
-        for account, bucket in self._budgets:
+        for account, bucket in budgets:
             rate = self.accounts[account].rates[bucket]
             keys += self._budget_keys(account, bucket) + self.room_keys(account, bucket)[:3]
             watched = "1" if bucket in WATCHED_BUCKETS else "0"
             args += [budget_id(account, bucket), rate.count, rate.period_ms, watched]
-        if not self._budgets:
+        if not budgets:
             return [], None
         reply = self._release(keys=keys, args=args)
         next_wait_ms = int(reply[0])
         turns = []
         for i in range(1, len(reply), 4):
-            account, bucket = self._budgets[int(reply[i]) - 1]
+            account, bucket = budgets[int(reply[i]) - 1]
             job, member, slot = str(reply[i + 1]), str(reply[i + 2]), int(reply[i + 3])
             turns.append(Released(account, bucket, job, member, slot))
         return turns, None if next_wait_ms < 0 else next_wait_ms / 1000
@@ -727,6 +758,7 @@ class Turn:
         self.bucket = bucket
         self.member = member
         self.taken = False
+        self.sent_at_ms = 0  # Redis clock: when the turn was taken (the request's send time)
         self._taken_at = 0.0
 
     def take(
@@ -741,13 +773,28 @@ class Turn:
             started = time.monotonic()
             ok, value = self.scheduler.commit(self.account, self.bucket, self.member)
             if ok:
-                self.taken, self._taken_at = True, started
+                self.taken, self._taken_at, self.sent_at_ms = True, started, value
                 return True
             wait_s = value / 1000
             if held_s + wait_s > max_hold_s:
                 return False
             sleep(wait_s)
             held_s += wait_s
+
+    def request(self, call: Callable[[], T]) -> T:
+        """Make the turn's exchange request; learn from its span, and pause on a 429."""
+        try:
+            result = call()
+        except RateLimited:
+            self.answered()
+            self.rate_limited()
+            raise
+        except ExchangeError as exc:
+            if exc.status_code is not None:  # a timeout or a dropped connection says nothing
+                self.answered()
+            raise
+        self.answered()
+        return result
 
     def answered(self) -> None:
         """The exchange answered: teach the margin how long the request was under way."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -11,6 +12,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from worker.accounts import AccountInfo, registered
+from worker.batches import BatchStore
 from worker.exchange import ExchangeClient
 from worker.keys import Keys
 from worker.lease import Leases
@@ -23,6 +25,7 @@ HTTP_POOL_SIZE = 16  # connections kept open to the exchange, per worker process
 REDIS_SOCKET_TIMEOUT_S = 5.0
 REDIS_HEALTH_CHECK_INTERVAL_S = 15
 SWEEP_SLACK_S = 5.0  # the sweeper steps in this long after redelivery would have
+REGISTRY_CACHE_S = 10.0  # a producer re-reads which accounts workers serve this often
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -44,14 +47,20 @@ class Services:
     redis: redis.Redis = field(init=False)
     keys: Keys = field(init=False)
     store: RecordStore = field(init=False)
+    batches: BatchStore = field(init=False)
     leases: Leases = field(init=False)
     _clients: dict[str, ExchangeClient] = field(init=False, default_factory=dict)
+    _known: tuple[float, Scheduler] | None = field(init=False, default=None)
     _clients_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.redis = connect_redis(self.settings.redis_url)
         self.keys = Keys(self.settings.namespace)
-        self.store = RecordStore(self.redis, self.keys, ttl_s=self.settings.record_ttl_s)
+        ttl_s = self.settings.record_ttl_s
+        self.batches = BatchStore(self.redis, self.keys, ttl_s=ttl_s)
+        self.store = RecordStore(
+            self.redis, self.keys, ttl_s=ttl_s, on_batch_order_final=self.batches.finish_if_done
+        )
         self.leases = Leases(self.redis)
 
     @property
@@ -91,6 +100,13 @@ class Services:
     def observer(self) -> Scheduler:
         """A read-only view of every account workers registered, plus this process's own."""
         return self._scheduler({**registered(self.redis, self.keys), **self.local_accounts()})
+
+    def known_accounts(self) -> Scheduler:
+        """`observer()`, re-read at most every REGISTRY_CACHE_S (for producers)."""
+        now = time.monotonic()
+        if self._known is None or now - self._known[0] > REGISTRY_CACHE_S:
+            self._known = (now, self.observer())
+        return self._known[1]
 
     def exchange(self, account: str) -> ExchangeClient:
         """The signed exchange client of one account (needs its keys), over one shared pool."""

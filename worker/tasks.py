@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -21,33 +20,37 @@ from celery import bootsteps
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
-from worker.cancellation import (
-    Move,
-    Step,
-    cancel_turn,
-    check_turn,
-    follow,
-    give_to_sweeper,
-    sweep,
+from worker.cancellation import Move, Step, cancel_turn, check_turn, give_to_sweeper
+from worker.celery_app import (
+    CANCEL_ALL_TASK,
+    CANCEL_TASK,
+    LIST_TASK,
+    POLL_TASK,
+    SWEEP_TASK,
+    app,
 )
-from worker.celery_app import CANCEL_TASK, POLL_TASK, SWEEP_TASK, app
-from worker.dispatcher import SWEEP_BATCH, Dispatcher
+from worker.confirmation import CONFIRM_JOB, confirm_turn
+from worker.dispatcher import SWEEP_BATCH, Dispatcher, publish_turn
 from worker.errors import InvalidRequest
+from worker.mass_cancel import RESOLVE_CLOSED, RESOLVE_OPEN, cancel_all_turn, resolve_turn
 from worker.models import (
     DEFAULT_ACCOUNT,
     DEFAULT_EXCHANGE,
     Bucket,
     ErrorCode,
     Priority,
+    is_batch_id,
     validate_account,
     validate_exchange,
     validate_order_id,
     validate_priority,
+    validate_symbol,
 )
-from worker.producer import enqueue
+from worker.producer import create_batch, enqueue
 from worker.records import now_ms
-from worker.scheduler import Released
+from worker.routing import follow
 from worker.services import Services, get_services
+from worker.sweeper import sweep
 
 REDIS_RETRY_PAUSE_S = 1.0  # pause before handing a message back after a Redis failure
 
@@ -219,19 +222,104 @@ def sweep_due() -> int:
     return sweep(services, services.scheduler, limit=SWEEP_BATCH)
 
 
-def publish_turn(turn: Released) -> None:
-    """Publish a turn the dispatcher handed out as the task that uses it.
+@dataclass(frozen=True)
+class BatchMessage:
+    """The validated arguments of a cancel-all message."""
 
-    Its task id starts with the budget and the order id (`cancel-<order_id>-…`), so Flower's
-    list and its search find an order's DELETE and status reads at a glance.
-    """
-    task = cancel_order if turn.bucket is Bucket.CANCEL else poll_order_status
-    task.apply_async(
-        (turn.job,),
-        {"account": turn.account, "turn": turn.member},
-        task_id=f"{turn.bucket.value}-{turn.job}-{uuid.uuid4().hex[:8]}",
-        kwargsrepr=repr({"account": turn.account}),
+    exchange: str = DEFAULT_EXCHANGE
+    symbol: str | None = None
+    account: str = DEFAULT_ACCOUNT
+    priority: Priority = Priority.NORMAL
+    batch: str | None = None  # set with `turn` by the dispatcher
+    turn: str | None = None
+
+
+def parse_batch_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> BatchMessage:
+    """Validate a cancel-all message: `[exchange]`, keywords symbol, account, priority."""
+    if len(args) > 1:
+        raise InvalidRequest("args", list(args), "takes at most 1 argument (exchange)")
+    known = ("exchange", "symbol", "account", "priority", "batch", "turn")
+    values: dict[str, Any] = dict(zip(("exchange",), args, strict=False))
+    for name, value in kwargs.items():
+        if name not in known or name in values:
+            raise InvalidRequest(name, value, "is not an argument of this task (or repeated)")
+        values[name] = value
+    batch, turn = values.get("batch"), values.get("turn")
+    if batch is not None and not (isinstance(batch, str) and is_batch_id(batch)):
+        raise InvalidRequest("batch", batch, "must be a batch id like batch-<uuid>")
+    if turn is not None and not isinstance(turn, str):
+        raise InvalidRequest("turn", turn, "must be a string")
+    return BatchMessage(
+        exchange=validate_exchange(values.get("exchange", DEFAULT_EXCHANGE)),
+        symbol=validate_symbol(values.get("symbol")),
+        account=validate_account(values.get("account", DEFAULT_ACCOUNT)),
+        priority=validate_priority(values.get("priority", Priority.NORMAL.value)),
+        batch=batch,
+        turn=turn,
     )
+
+
+@app.task(name=CANCEL_ALL_TASK, bind=True)
+def cancel_all(self: Any, *args: Any, **kwargs: Any) -> str:
+    """Cancel every open order of a symbol (or of the account) with one exchange call.
+
+    Arguments (JSON): `exchange` (optional, default EXCHANGE_2); keywords `symbol` (e.g.
+    BTCUSDT; none = every symbol), `account`, `priority`, and `batch` (optional: the id to
+    record it under, `batch-<uuid>`; the same id twice is one batch). Sent by name it records
+    the batch and queues it; on its turn it sends the cancel-all.
+    """
+    try:
+        message = parse_batch_message(args, kwargs)
+    except InvalidRequest as exc:
+        _dead_letter(self, exc)
+        return "dead_letter"
+    services = get_services()
+    context = {"batch_id": message.batch, "task_id": self.request.id, "account": message.account}
+    with structlog.contextvars.bound_contextvars(**context):
+        try:
+            if message.turn is None or message.batch is None:
+                batch = create_batch(
+                    services,
+                    message.exchange,
+                    message.symbol,
+                    message.account,
+                    message.priority,
+                    batch_id=message.batch,
+                )
+                return batch.batch_id
+            turn = services.scheduler.turn(message.account, Bucket.CANCEL_ALL, message.turn)
+            try:
+                cancel_all_turn(services, message.batch, turn, owner=_owner(self))
+            finally:
+                turn.give_back()
+            return "done"
+        except InvalidRequest as exc:
+            _dead_letter(self, exc)
+            return "dead_letter"
+        except (redis.RedisError, OperationalError) as exc:
+            _redis_down(exc)
+
+
+@app.task(name=LIST_TASK, bind=True)
+def list_orders(self: Any, *, job: str, account: str, bucket: str, turn: str) -> str:
+    """Use a turn of an order-list budget: a confirmation pass, or finding out what a lost
+    cancel-all did. Internal: only the dispatcher sends it."""
+    services = get_services()
+    budget = Bucket(bucket)
+    with structlog.contextvars.bound_contextvars(job=job, task_id=self.request.id, account=account):
+        held = services.scheduler.turn(account, budget, turn)
+        try:
+            if job.startswith(CONFIRM_JOB):
+                confirm_turn(services, account, job, held)
+            elif job.startswith((RESOLVE_OPEN, RESOLVE_CLOSED)):
+                resolve_turn(services, job, held)
+            else:
+                log.error("task.unknown_list_job", job=job)
+        except (redis.RedisError, OperationalError) as exc:
+            _redis_down(exc)
+        finally:
+            held.give_back()
+    return "done"
 
 
 class DispatcherStep(bootsteps.StartStopStep):

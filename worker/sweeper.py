@@ -1,0 +1,61 @@
+"""The sweep: lost work goes back in line, and nothing unfinished is ever forgotten.
+
+Every unfinished order and batch is watched (a time in a sorted set). One dispatcher per
+interval (worker.dispatcher) looks at those whose time has passed.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from worker.cancellation import Move, Step
+from worker.mass_cancel import sweep_batch
+from worker.models import Bucket, OrderState, is_batch_id
+from worker.records import now_ms
+from worker.routing import follow
+from worker.scheduler import Scheduler
+from worker.services import Services
+
+WAITING_RECHECK_S = 60.0  # the sweeper looks again this often at work waiting in line
+
+log = structlog.get_logger(__name__)
+
+
+def sweep(services: Services, scheduler: Scheduler, *, limit: int) -> int:
+    """Put lost work back in line; return how many orders were re-queued.
+
+    Every unfinished order is watched. When its watch time passes, the order is left alone
+    if it is final, waits in a line, or a task holds it (a lease); otherwise its turn was
+    lost (a message dropped between BRPOP and kombu's bookkeeping when a worker was killed,
+    celery/celery#7950, or a dispatcher died between handing a turn out and publishing it)
+    and it joins the line for its next step. Duplicates are harmless: every turn checks the
+    record and its lease first.
+    """
+    store, keys = services.store, services.keys
+    due = store.due(now_ms(), limit)
+    waiting_until = now_ms() + int(WAITING_RECHECK_S * 1000)
+    requeued = sum(sweep_batch(services, i, waiting_until) for i in due if is_batch_id(i))
+    ids = [i for i in due if not is_batch_id(i)]
+    records = store.get_many(ids)
+    pipe = services.redis.pipeline(transaction=False)
+    for order_id, record in zip(ids, records, strict=True):
+        account = record.account if record is not None else ""
+        for bucket in (Bucket.CANCEL, Bucket.STATUS):
+            pipe.zscore(keys.room_ready(account, bucket), order_id)
+            pipe.zscore(keys.room_later(account, bucket), order_id)
+        pipe.exists(keys.cancel_lease(order_id), keys.poll_lease(order_id))
+    found = pipe.execute()
+    for i, (order_id, record) in enumerate(zip(ids, records, strict=True)):
+        if record is None or record.is_final:
+            store.unschedule(order_id)
+            continue
+        if any(value is not None for value in found[i * 5 : i * 5 + 4]) or found[i * 5 + 4]:
+            store.schedule_check(order_id, waiting_until)
+            continue
+        fresh = record.state is OrderState.QUEUED
+        resend = fresh and not record.delete_in_flight and not record.cancel_accepted
+        follow(services, scheduler, order_id, Step(Move.CANCEL if resend else Move.CHECK))
+        store.schedule_check(order_id, now_ms() + services.watch_grace_ms)
+        log.warning("sweep.requeued", order_id=order_id, state=record.state.value)
+        requeued += 1
+    return requeued
