@@ -4,15 +4,21 @@ Each variant gets a fresh sandbox (cancels limited to 10/2s, strictly sliding) a
 emptied Redis, then the whole backlog is enqueued at once:
 
 - cancel-worker: 4 `celery -A worker worker -Q cancels` processes (+1 polls worker), the
-  budget declared once (COINSWITCH_CANCEL_RATE_LIMIT=10/2s) and enforced in Redis;
+  budget declared once (COINSWITCH_CANCEL_RATE_LIMIT=10/2s); the orders wait in Redis and
+  the workers' dispatchers hand out each slot of the budget (worker.scheduler);
 - plain Celery: 4 processes of `benchmarks.plain_app`, whose task carries Celery's own
   per-worker `rate_limit`: `5/s` (the budget per second, the best a user could declare),
   and `1.25/s` (the budget split by hand over the 4 workers).
+
+Budget use is reported by two metrics (benchmarks.common): the first-burst one the earlier
+limiter was judged on, (sends - limit) / span, and the average-rate one the tests use,
+(sends - 1) / span; both ÷ limit / period. The scheduler keeps each window's last slot for
+urgent work, so its drain starts with limit - 1 sends, which the first-burst metric reads
+as a lower rate.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,7 +30,9 @@ import redis
 from benchmarks.common import (
     BenchError,
     Processes,
+    accepted_at,
     apply_env,
+    average_rate_ratio,
     celery_worker_args,
     place_orders,
     rate_ratio,
@@ -56,7 +64,7 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("service", "cancel-worker (fleet limiter in Redis)"),
+    Variant("service", "cancel-worker (budget scheduler in Redis)"),
     Variant("plain_5", "Celery rate_limit='5/s' per worker", "5/s"),
     Variant("plain_1.25", "Celery rate_limit='1.25/s' per worker (budget / 4)", "1.25/s"),
 )
@@ -112,17 +120,14 @@ def _run_variant(
             procs.stop_all()
         cancel = sandbox.admin.stats()["endpoints"]["cancel"]
         per_order = [sandbox.admin.order(i)["cancel_requests"] for i in order_ids]
+        accepted_ms = sorted(t for t in (accepted_at(sandbox, i) for i in order_ids) if t)
     arrivals = sorted(cancel["arrivals_ms"])
     if len(arrivals) != cancel["requests"]:
         raise BenchError("sandbox kept fewer arrival times than requests")
     accepted = outcome["accepted"]
+    if len(accepted_ms) != accepted:
+        raise BenchError(f"{accepted} orders cancelled but {len(accepted_ms)} DELETEs accepted")
     span_ms = arrivals[-1] - arrivals[0] if arrivals else 0
-    # Undefined while every accepted send fits in the first burst of LIMIT.
-    accepted_ratio = (
-        ((accepted - LIMIT) / span_ms) / (LIMIT / PERIOD_MS)
-        if span_ms and accepted > LIMIT
-        else math.nan
-    )
     return {
         "key": variant.key,
         "label": variant.label,
@@ -131,7 +136,8 @@ def _run_variant(
         "rate_limited": cancel["rate_limited"],
         "strict_window_max": strict_window_max(arrivals, PERIOD_MS),
         "sent_ratio": rate_ratio(arrivals, LIMIT, PERIOD_MS),
-        "accepted_ratio": accepted_ratio,
+        "sent_average_ratio": average_rate_ratio(arrivals, LIMIT, PERIOD_MS),
+        "accepted_average_ratio": average_rate_ratio(accepted_ms, LIMIT, PERIOD_MS),
         "not_cancelled": backlog - accepted,
         "max_deletes_per_order": max(per_order, default=0),
         "span_s": span_ms / 1000,

@@ -13,13 +13,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import budget, pipeline, throughput
+from benchmarks import budget, pipeline, scheduling, throughput
 from benchmarks.common import exit_on_sigterm, quiet_logging
 
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "budget": budget.run,
     "pipeline": pipeline.run,
     "producer": throughput.run,
+    "scheduling": scheduling.run,
 }
 
 

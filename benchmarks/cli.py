@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[float, float]] = {
     "budget": (360.0, 120.0),
     "pipeline": (300.0, 90.0),
     "producer": (180.0, 60.0),
+    "scheduling": (480.0, 180.0),
 }
 TERM_GRACE_S = 40.0  # a benchmark told to stop gets this long to stop its own workers
 
@@ -128,6 +129,10 @@ def _print_tables(results: dict[str, Any]) -> None:
         print(report.text_table(report.BUDGET_HEADERS, report.budget_rows(results["budget"])))
     print()
     print(report.text_table(report.DETAIL_HEADERS, report.detail_rows(results)))
+    if "scheduling" in results:
+        print()
+        rows = report.scheduling_rows(results["scheduling"])
+        print(report.text_table(report.DETAIL_HEADERS, rows))
 
 
 class _ChildFailed(Exception):

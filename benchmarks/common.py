@@ -21,9 +21,9 @@ from typing import Any
 
 import structlog
 
-from tests.support import wait_for
+from tests.support import budget_use, wait_for
 from worker.sandbox import SandboxHandle
-from worker.sandbox.stats import strict_window_max
+from worker.sandbox.stats import KEY_PREFIX_CHARS, strict_window_max
 
 __all__ = ["strict_window_max"]  # re-exported for the benchmarks
 
@@ -92,16 +92,31 @@ def window_series(arrivals_ms: Sequence[int], period_ms: int) -> list[tuple[int,
 
 
 def rate_ratio(arrivals_ms: Sequence[int], limit: int, period_ms: int) -> float:
-    """Achieved ÷ allowed rate of a backlog drain.
+    """Achieved ÷ allowed rate of a backlog drain, by the first-burst metric (the old one).
 
-    A perfect limiter sends `limit` at once, then `limit` more every period, so after the
-    first burst (sends - limit) / span is exactly the allowed rate limit / period.
+    A limiter that sends `limit` at once, then `limit` more every period, scores exactly 1:
+    after the first burst, (sends - limit) / span is the allowed rate limit / period. A
+    drain that starts with fewer than `limit` (the scheduler keeps a window's last slot for
+    urgent work) scores lower at the same long-run rate; see `average_rate_ratio`.
     """
     times = sorted(arrivals_ms)
     if len(times) <= limit or times[-1] == times[0]:
         return math.nan
     achieved_per_ms = (len(times) - limit) / (times[-1] - times[0])
     return achieved_per_ms / (limit / period_ms)
+
+
+def average_rate_ratio(arrivals_ms: Sequence[int], limit: int, period_ms: int) -> float:
+    """Achieved ÷ allowed rate of a backlog drain, by the average-rate metric.
+
+    (sends - 1) / (last - first) ÷ (limit / period): the rate the budget was used at over
+    the drain, whatever the shape of its first window (tests.support.budget_use). NaN when
+    the sends span less than one period: a burst inside one window has no long-run rate.
+    """
+    times = sorted(arrivals_ms)
+    if len(times) < 2 or times[-1] - times[0] < period_ms:
+        return math.nan
+    return budget_use(times, limit, period_ms)
 
 
 # ---- environment and processes -----------------------------------------------------------
@@ -141,6 +156,28 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any
         return wait_for(predicate, timeout_s, what, interval_s=0.01)
     except TimeoutError as exc:
         raise BenchError(str(exc)) from None
+
+
+def wait_budgets_idle(accounts: Sequence[str], timeout_s: float) -> None:
+    """Block until no cancel or status budget of these accounts has a send in its window
+    (period + margin), a turn booked ahead, or a job in line; BenchError after `timeout_s`.
+
+    Call after `apply_env`: it reads the budgets through this process's services.
+    """
+    from worker.models import Bucket
+    from worker.services import get_services
+
+    scheduler = get_services().scheduler
+
+    def idle() -> bool:
+        for account in accounts:
+            for bucket in (Bucket.CANCEL, Bucket.STATUS):
+                use = scheduler.usage(account, bucket)
+                if use.used_in_window or use.booked_ahead or use.waiting or use.counting_down:
+                    return False
+        return True
+
+    wait_until(idle, timeout_s, "every budget's window to empty")
 
 
 class Processes:
@@ -257,9 +294,29 @@ def cmdline(pid: int) -> str:
 # ---- the sandbox -------------------------------------------------------------------------
 
 
-def place_orders(sandbox: SandboxHandle, count: int) -> list[str]:
-    """Open `count` resting LIMIT orders on the sandbox; return their ids."""
-    return [str(sandbox.admin.create_order(**ORDER_FIELDS)["order_id"]) for _ in range(count)]
+def place_orders(sandbox: SandboxHandle, count: int, *, api_key: str | None = None) -> list[str]:
+    """Open `count` resting LIMIT orders on the sandbox (owned by `api_key`); return their ids."""
+    fields = ORDER_FIELDS if api_key is None else {**ORDER_FIELDS, "api_key": api_key}
+    return [str(sandbox.admin.create_order(**fields)["order_id"]) for _ in range(count)]
+
+
+def accepted_at(sandbox: SandboxHandle, order_id: str) -> int | None:
+    """When the order's accepted DELETE reached the sandbox (Unix ms), None if none was."""
+    for entry in sandbox.admin.order(order_id)["history"]:
+        if entry["status"] == "CANCELLATION_RAISED":
+            return int(entry["at"])
+    return None
+
+
+def key_tag(api_key: str) -> str:
+    """How the sandbox's stats name an API key (`by_key`): its first characters."""
+    return api_key.lower()[:KEY_PREFIX_CHARS]
+
+
+def key_arrivals(sandbox: SandboxHandle, endpoint: str, api_key: str, since_ms: int) -> list[int]:
+    """Arrival times (Unix ms) of one API key's requests to `endpoint` since `since_ms`."""
+    own = sandbox.admin.stats()["endpoints"][endpoint]["by_key"].get(key_tag(api_key), {})
+    return sorted(at for at in own.get("arrivals_ms", []) if at >= since_ms)
 
 
 class ArrivalProbe:

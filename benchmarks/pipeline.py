@@ -35,6 +35,7 @@ from benchmarks.common import (
     say,
     service_env,
     strict_window_max,
+    wait_budgets_idle,
     wait_until,
     wait_workers_ready,
 )
@@ -43,10 +44,11 @@ from worker.exchange import ORDER_PATH
 from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
 from worker.signing import Signer
 
-CANCEL_RATE = "1000/1s"  # budget free: the limiter never makes a cancel wait
+CANCEL_RATE = "1000/1s"  # budget free: no cancel ever waits for a slot
 STATUS_LIMIT, STATUS_PERIOD_MS = 20, 2000
 STATUS_RATE = "20/2s"
-STATUS_WINDOW_S = 2.2  # the status window plus the limiter's margin, and some
+IDLE_TIMEOUT_S = 15.0  # for the earlier polls' sends to leave the status window
+LOADED_SETTLE_S = 1.0  # after the last run, before the loaded footprint is read
 CONFIRM_DELAY_MS = 200
 WARMUP = 5  # cancels sent first and not measured (connections, imports, first Lua load)
 ARRIVAL_TIMEOUT_S = 10.0
@@ -78,6 +80,7 @@ def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
         )
         apply_env(env)
         from worker.celery_app import app, settings
+        from worker.models import DEFAULT_ACCOUNT
 
         probe = ArrivalProbe(sandbox)
         supervisor = procs.start(
@@ -91,17 +94,17 @@ def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
             names = [f"cancels-{supervisor.pid}", f"polls-{supervisor.pid}"]
             wait_workers_ready(app, names, procs)
             children = child_pids(supervisor.pid)
-            time.sleep(idle_settle_s)
+            time.sleep(idle_settle_s)  # a settle, not a condition: start-up allocations end
             rss_idle = _footprint(supervisor.pid)
             say(f"pipeline: latency, {n_latency} sequential cancels")
             service_ms = _service_latency(sandbox, probe, n_latency)
             direct_ms = _direct_latency(sandbox, probe, n_latency, api_key, secret_key)
             say(f"pipeline: time to final, {n_single} alone and {BURST} at once")
-            time.sleep(STATUS_WINDOW_S)  # earlier polls' slots leave the status window
+            wait_budgets_idle([DEFAULT_ACCOUNT], IDLE_TIMEOUT_S)
             single_ms = _single_to_final(sandbox, n_single)
-            time.sleep(STATUS_WINDOW_S)
+            wait_budgets_idle([DEFAULT_ACCOUNT], IDLE_TIMEOUT_S)
             burst = _burst_to_final(sandbox, redis_url)
-            time.sleep(1.0)
+            time.sleep(LOADED_SETTLE_S)  # a settle, not a condition: let RSS reflect the load
             rss_loaded = _footprint(supervisor.pid)
         finally:
             procs.stop_all()

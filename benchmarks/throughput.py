@@ -1,9 +1,14 @@
-"""Benchmark 4: producer throughput and Redis memory per queued cancel and per record.
+"""Benchmark 4: producer throughput and Redis memory per waiting order.
 
 No worker runs: this measures what `request_cancel` / `request_cancels` cost the caller
-and Redis. Memory is INFO `used_memory` deltas on a dedicated, fresh redis-server: after N
-cancels are enqueued, deleting the broker queue frees the queued messages; what stays is
-the records (with their QUEUED event in the stream and the state counters).
+and Redis. A request is one Lua call that writes each order's record (with its QUEUED
+event and state count), its sweeper watch and its entry in the account's line for a DELETE
+turn, then one more that hands out the turns free right now (publishing their tasks). The
+warm-up request spends the budget (10/60s), so every measured request finds no free turn:
+no broker message is sent and every order waits in the line, as in a backlog. Memory per
+waiting order is the INFO `used_memory` delta over N requested orders on a dedicated, fresh
+redis-server; of it, the line and the sweeper's watch set are their
+keys' `MEMORY USAGE` ÷ N, and the rest is the record (with its QUEUED event and counters).
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from worker.sandbox import generate_keypair
 SEED = 7
 BATCH = 500
 WARMUP = 10
-MEMORY_SETTLE_S = 1.0
+MEMORY_SETTLE_S = 1.0  # lets Redis finish rehashing grown tables before INFO is read
 
 
 def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
-    """Measure enqueue rates (single and batch) and bytes per queued cancel and record."""
+    """Measure request rates (single and batch) and bytes per waiting order, by part."""
     del work_dir  # nothing to log: no process is started besides redis-server
     memory_items = 1000 if smoke else 5000
     singles = 300 if smoke else 3000
@@ -50,22 +55,26 @@ def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
             )
         )
         from worker.keys import CANCEL_QUEUE, Keys
+        from worker.models import DEFAULT_ACCOUNT, Bucket
         from worker.producer import request_cancel, request_cancels
 
+        keys = Keys()
+        line = keys.room_ready(DEFAULT_ACCOUNT, Bucket.CANCEL)
         client = redis.Redis.from_url(redis_url)
-        request_cancels(fresh_ids(WARMUP))  # connections, queue bindings, counters, stream
-        client.delete(CANCEL_QUEUE)
+        request_cancels(fresh_ids(WARMUP))  # connections, scripts, counters; spends the budget
+        client.delete(line, keys.due, CANCEL_QUEUE)  # so they hold only the measured orders
 
-        say(f"producer: memory over {memory_items} cancels")
+        say(f"producer: memory over {memory_items} waiting orders")
         before = _used_memory(client)
         ids = fresh_ids(memory_items)
         for start in range(0, memory_items, BATCH):
             request_cancels(ids[start : start + BATCH])
         loaded = _used_memory(client)
-        queued = int(client.llen(CANCEL_QUEUE))
-        client.delete(CANCEL_QUEUE)
-        records_only = _used_memory(client)
-        record_key_bytes = int(client.memory_usage(Keys().record(ids[0]), samples=0) or 0)
+        in_line, watched = int(client.zcard(line)), int(client.zcard(keys.due))
+        broker_messages = int(client.llen(CANCEL_QUEUE))
+        line_bytes = int(client.memory_usage(line, samples=0) or 0)
+        watch_bytes = int(client.memory_usage(keys.due, samples=0) or 0)
+        record_key_bytes = int(client.memory_usage(keys.record(ids[0]), samples=0) or 0)
 
         say(f"producer: {singles} single calls, {batches} batches of {BATCH}")
         single_ids = fresh_ids(singles)
@@ -79,10 +88,16 @@ def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
         for batch in batch_ids:
             request_cancels(batch)
         batch_s = time.perf_counter() - started
-        enqueued = int(client.llen(CANCEL_QUEUE))
+        requested = int(client.zcard(line))
+        broker_messages += int(client.llen(CANCEL_QUEUE))
         client.close()
-    if queued != memory_items or enqueued != singles + batches * BATCH:
-        raise BenchError(f"queue lengths {queued}, {enqueued} do not match what was enqueued")
+    if in_line != memory_items or watched != memory_items:
+        raise BenchError(f"{in_line} in line and {watched} watched, not {memory_items} each")
+    expected = memory_items + singles + batches * BATCH
+    if requested != expected:
+        raise BenchError(f"{requested} orders in line after the rate runs, not {expected}")
+    if broker_messages:
+        raise BenchError(f"{broker_messages} broker messages: with the budget spent, none")
     return {
         "single_count": singles,
         "single_per_s": singles / single_s,
@@ -90,8 +105,10 @@ def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
         "batch_count": batches,
         "batch_per_s": batches * BATCH / batch_s,
         "memory_items": memory_items,
-        "queued_message_bytes": (loaded - records_only) / memory_items,
-        "record_bytes": (records_only - before) / memory_items,
+        "waiting_order_bytes": (loaded - before) / memory_items,
+        "line_entry_bytes": line_bytes / memory_items,
+        "watch_entry_bytes": watch_bytes / memory_items,
+        "record_bytes": (loaded - before - line_bytes - watch_bytes) / memory_items,
         "record_key_bytes": record_key_bytes,
     }
 

@@ -240,3 +240,51 @@ def test_faults_on_the_lists_lose_nothing(desk: Desk) -> None:
     assert_records_match_the_exchange(desk, order_ids)
     for record in get_records(order_ids):
         assert record is not None and record.state is not OrderState.FAILED
+
+
+def test_a_cancel_all_sent_by_name_is_recorded_under_its_id(desk: Desk) -> None:
+    """`send_task("cancel_worker.cancel_all")` by name, with a batch id of the sender's own,
+    cancels like the Python call; sending it twice is still one batch."""
+    from worker.celery_app import CANCEL_ALL_TASK, app
+
+    order_ids = desk.place(4, symbol="SOLUSDT", created_at=placed_earlier())
+    batch_id = "batch-0193688e-5212-7493-be58-4f83644772e8"
+    kwargs = {"symbol": "SOLUSDT", "account": desk.account, "batch": batch_id}
+    for _ in range(2):
+        app.send_task(CANCEL_ALL_TASK, args=["EXCHANGE_2"], kwargs=kwargs)
+    batch = wait_batch(batch_id)
+    assert batch.state is BatchState.DONE and sorted(batch.orders_ids) == sorted(order_ids)
+    assert len(desk.endpoint("cancel_all")["arrivals_ms"]) == 1
+    assert_records_match_the_exchange(desk, order_ids)
+
+
+def test_a_cancel_all_with_nothing_open_is_done_at_once(desk: Desk) -> None:
+    """A cancel-all that finds nothing open ends DONE with no orders, and `status` says so."""
+    batch = wait_batch(request_cancel_all(symbol="XRPUSDT", account=desk.account).batch_id)
+    assert batch.state is BatchState.DONE and batch.orders_ids == []
+    shown = json.loads(cli("status", batch.batch_id, "--json").stdout)
+    assert shown["state"] == "DONE" and shown["orders_ids"] == [] and "found" not in shown
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--symbol", "BTC-USDT"], "invalid symbol 'BTC-USDT'"),
+        (["--symbol", "BTCUSD"], "invalid symbol 'BTCUSD'"),
+        (["--exchange", "BINANCE"], "invalid exchange 'BINANCE'"),
+        (["--account", "nobody"], "invalid account 'nobody'"),
+    ],
+)
+def test_bad_cancel_all_input_is_refused(redis_url: str, args: list[str], named: str) -> None:
+    """A malformed symbol, another exchange or an unknown account exits 2 naming the value,
+    and records nothing."""
+    import redis as redis_client
+
+    from worker.keys import Keys
+
+    client = redis_client.Redis.from_url(redis_url, decode_responses=True)
+    before = len(list(client.scan_iter(f"{Keys().namespace}:batch:*")))
+    result = cli("cancel-all", *args)
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr and "nothing was enqueued" in result.stderr
+    assert len(list(client.scan_iter(f"{Keys().namespace}:batch:*"))) == before
