@@ -1,8 +1,9 @@
 """cancel-worker: reliable, rate-limited cancellation of CoinSwitch PRO futures orders.
 
 `celery -A worker worker` finds the Celery app here; strategy services call
-`request_cancel` / `request_cancels` / `request_cancel_all` and read records with
-`get_record` / `get_records` / `get_batch`.
+`request_cancel` / `request_cancels` / `request_cancel_all`, read records with
+`get_record` / `get_records` / `get_batch`, and guard themselves with a dead man's switch
+(`arm_deadman`, `heartbeat`, `disarm`, `deadman_status`).
 Names are loaded on first use, so `cancel-worker sandbox` or `--help` never needs the
 service's configuration, and a bad variable is reported by the command that needs it.
 """
@@ -28,6 +29,12 @@ _EXPORTS = {
     "BatchRecord": "worker.models",
     "BatchState": "worker.models",
     "Priority": "worker.models",
+    "arm_deadman": "worker.deadman",
+    "heartbeat": "worker.deadman",
+    "disarm": "worker.deadman",
+    "deadman_status": "worker.deadman",
+    "Switch": "worker.deadman",
+    "SwitchTripped": "worker.deadman",
     "CancelRecord": "worker.models",
     "OrderState": "worker.models",
     "FINAL_STATES": "worker.models",

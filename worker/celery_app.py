@@ -27,6 +27,9 @@ POLL_TASK = "cancel_worker.poll_order_status"
 CANCEL_ALL_TASK = "cancel_worker.cancel_all"
 LIST_TASK = "cancel_worker.list_orders"  # internal: a turn of an order-list budget
 SWEEP_TASK = "cancel_worker.sweep"
+DEADMAN_ARM_TASK = "cancel_worker.deadman_arm"
+DEADMAN_HEARTBEAT_TASK = "cancel_worker.deadman_heartbeat"
+DEADMAN_DISARM_TASK = "cancel_worker.deadman_disarm"
 
 UNACKED_RESTORE_INTERVAL_S = 2  # how often a worker scans for messages of dead workers
 UNACKED_MUTEX_EXPIRE_S = 15  # a worker killed during that scan blocks restores this long
@@ -50,6 +53,9 @@ def make_app(settings: Settings) -> Celery:
             POLL_TASK: {"queue": POLL_QUEUE},
             LIST_TASK: {"queue": POLL_QUEUE},
             SWEEP_TASK: {"queue": POLL_QUEUE},
+            DEADMAN_ARM_TASK: {"queue": POLL_QUEUE},
+            DEADMAN_HEARTBEAT_TASK: {"queue": POLL_QUEUE},
+            DEADMAN_DISARM_TASK: {"queue": POLL_QUEUE},
         },
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,

@@ -20,6 +20,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from worker import stack
+from worker.deadman import SwitchTripped
 from worker.errors import BrokerUnavailable, ConfigError, InvalidRequest
 from worker.models import (
     BATCH_PREFIX,
@@ -47,6 +48,7 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TIMEOUT = 3
 EXIT_UNAVAILABLE = 4
+EXIT_TRIPPED = 5
 
 DEFAULT_WAIT_TIMEOUT_S = 120.0
 WAIT_POLL_INTERVAL_S = 0.1  # how often --wait re-reads the records (one MGET each time)
@@ -57,6 +59,7 @@ _CODES = {
     EXIT_BAD_INPUT: "bad input: nothing was written",
     EXIT_TIMEOUT: "--wait timed out",
     EXIT_UNAVAILABLE: "Redis unreachable, or a configuration error",
+    EXIT_TRIPPED: "the dead man's switch has tripped (its orders are being cancelled)",
 }
 
 
@@ -289,8 +292,80 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
 
+    _add_deadman(commands)
     sandbox_cli.add_parser(commands)
     return parser
+
+
+def _add_deadman(commands: Any) -> None:
+    deadman = commands.add_parser(
+        "deadman",
+        help="a dead man's switch: cancel a strategy's orders when it stops beating",
+        description="Arm a switch and beat it (every timeout / 4 is advised); when no beat "
+        "comes within its timeout, the workers send an urgent cancel-all for each guarded "
+        "symbol (every open order of the account when none is given). A tripped switch "
+        "stays tripped until armed again. Disarm it before a planned stop.",
+        formatter_class=_Formatter,
+    )
+    actions = deadman.add_subparsers(dest="action", required=True, metavar="ACTION")
+    arm = actions.add_parser(
+        "arm",
+        help="arm (or re-arm) a switch",
+        description="Arm a switch, or re-arm it with new settings (a tripped one too).",
+        epilog=_exit_codes(EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE),
+        formatter_class=_Formatter,
+    )
+    arm.add_argument("name", metavar="NAME", help="the switch's name, e.g. strat-1")
+    arm.add_argument(
+        "--timeout", type=float, required=True, metavar="S", help="seconds without a beat, 2-3600"
+    )
+    arm.add_argument(
+        "--symbol",
+        dest="symbols",
+        action="append",
+        default=[],
+        metavar="S",
+        help="a symbol to guard, repeatable (none: EVERY open order of the account)",
+    )
+    arm.add_argument("--account", default=DEFAULT_ACCOUNT, help="the account whose orders")
+    arm.add_argument("--exchange", default=DEFAULT_EXCHANGE, help="futures exchange")
+    arm.add_argument("--json", action="store_true", help="print the switch as JSON")
+    arm.set_defaults(func=_deadman_arm)
+    beat = actions.add_parser(
+        "beat",
+        help="beat a switch until stopped (for shell scripts)",
+        description="Beat the switch every S seconds until Ctrl-C or SIGTERM; then the "
+        "switch fires after its timeout unless disarmed. Exits 5 if it has tripped.",
+        epilog=_exit_codes(EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_TRIPPED),
+        formatter_class=_Formatter,
+    )
+    beat.add_argument("name", metavar="NAME", help="the switch's name")
+    beat.add_argument(
+        "--every",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between beats (default: the switch's timeout / 4)",
+    )
+    beat.set_defaults(func=_deadman_beat)
+    disarm = actions.add_parser(
+        "disarm",
+        help="disarm a switch (before a planned stop)",
+        epilog=_exit_codes(EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE),
+        formatter_class=_Formatter,
+    )
+    disarm.add_argument("name", metavar="NAME", help="the switch's name")
+    disarm.add_argument("--json", action="store_true", help="print the switch as JSON")
+    disarm.set_defaults(func=_deadman_disarm)
+    status = actions.add_parser(
+        "status",
+        help="show switches",
+        epilog=_exit_codes(EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE),
+        formatter_class=_Formatter,
+    )
+    status.add_argument("name", nargs="?", metavar="NAME", help="one switch (default: all)")
+    status.add_argument("--json", action="store_true", help="print one JSON object per line")
+    status.set_defaults(func=_deadman_status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -299,9 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except InvalidRequest as exc:
-        written = "; nothing was enqueued" if args.command in ("cancel", "cancel-all") else ""
-        print(f"cancel-worker: error: {exc}{written}", file=sys.stderr)
+        written = {"cancel": "; nothing was enqueued", "cancel-all": "; nothing was enqueued"}
+        written["deadman"] = "; nothing was armed or changed"
+        suffix = written.get(args.command, "")
+        print(f"cancel-worker: error: {exc}{suffix}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SwitchTripped as exc:
+        print(f"cancel-worker: {exc}", file=sys.stderr)
+        return EXIT_TRIPPED
     except (BrokerUnavailable, ConfigError) as exc:
         print(f"cancel-worker: error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -478,6 +558,99 @@ def _limits(args: argparse.Namespace) -> int:
             )
         else:
             print("  ".join(f"{k} {v}" for k, v in row.items()))
+    return EXIT_OK
+
+
+def _switch_line(switch: Any) -> str:
+    scope = ",".join(switch.symbols) or "EVERY symbol of the account"
+    line = f"{switch.name}  {switch.state.value}  account={switch.account}  {scope}"
+    line += f"  timeout {switch.timeout_s:g}s"
+    if switch.left_ms is not None:
+        line += f"  fires in {switch.left_ms / 1000:.1f}s without a beat"
+    if switch.tripped_at:
+        line += (
+            f"  tripped at {time.strftime('%H:%M:%S', time.localtime(switch.tripped_at / 1000))}"
+        )
+    if switch.batches:
+        line += f"  sent {', '.join(switch.batches)}"
+    return line
+
+
+def _show_switch(switch: Any, as_json: bool) -> None:
+    print(json.dumps(switch.to_dict()) if as_json else _switch_line(switch), flush=True)
+
+
+def _deadman_arm(args: argparse.Namespace) -> int:
+    from worker.deadman import arm_deadman
+
+    switch = arm_deadman(
+        args.name, args.timeout, args.symbols, account=args.account, exchange=args.exchange
+    )
+    if not switch.symbols:
+        print(
+            f"cancel-worker: warning: {switch.name} guards the whole account "
+            f"{switch.account!r}: if it fires, EVERY open order of the account is cancelled, "
+            "not only this strategy's (use --symbol to guard only yours)",
+            file=sys.stderr,
+        )
+    _show_switch(switch, args.json)
+    return EXIT_OK
+
+
+def _deadman_beat(args: argparse.Namespace) -> int:
+    import signal
+
+    from worker.deadman import deadman_status, heartbeat
+
+    timeout_ms = heartbeat(args.name)
+    every_s = args.every if args.every else timeout_ms / 4000
+    print(
+        f"beating {args.name} every {every_s:g}s (timeout {timeout_ms / 1000:g}s); "
+        "stop with Ctrl-C: the switch then fires unless disarmed",
+        flush=True,
+    )
+    stop = False
+
+    def on_signal(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop:
+            time.sleep(every_s)
+            if stop:
+                break
+            try:
+                heartbeat(args.name)
+            except SwitchTripped as exc:
+                print(f"cancel-worker: {exc}", file=sys.stderr)
+                return EXIT_TRIPPED
+            except BrokerUnavailable as exc:  # keep trying; the switch fires if Redis stays away
+                print(f"cancel-worker: error: {exc}; still trying", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    left = deadman_status(args.name)[0].left_ms
+    when = f"in {left / 1000:.1f}s" if left is not None else "soon"
+    print(f"stopped beating {args.name}: it fires {when} unless disarmed", flush=True)
+    return EXIT_OK
+
+
+def _deadman_disarm(args: argparse.Namespace) -> int:
+    from worker.deadman import disarm
+
+    _show_switch(disarm(args.name), args.json)
+    return EXIT_OK
+
+
+def _deadman_status(args: argparse.Namespace) -> int:
+    from worker.deadman import deadman_status
+
+    switches = deadman_status(args.name)
+    if not switches and not args.json:
+        print("no dead man's switch has been armed", flush=True)
+    for switch in switches:
+        _show_switch(switch, args.json)
     return EXIT_OK
 
 

@@ -4,9 +4,9 @@ It asks the scheduler for every free slot of every budget (one Lua call), publis
 turn as a Celery task, and sleeps until the next slot frees or a job joins a line (a wake
 token in Redis, taken by one dispatcher with BLPOP). Every worker runs one, and they compete
 through Lua, so nothing depends on any single process: kill a host and the others carry on.
-The same loop runs the periodic duties that used to need beat: the sweep (one dispatcher
-per interval, through a lock) and the account registry that producers and read-only tools
-read.
+The same loop fires dead man's switches whose deadline passed (worker.deadman) and runs the
+periodic duties that used to need beat: the sweep (one dispatcher per interval, through a
+lock) and the account registry that producers and read-only tools read.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import structlog
 
 from worker.accounts import register
 from worker.celery_app import CANCEL_ALL_TASK, CANCEL_TASK, LIST_TASK, POLL_TASK, app
+from worker.deadman import Deadman
 from worker.models import Bucket
 from worker.records import now_ms
 from worker.scheduler import Released, Scheduler
@@ -96,6 +97,7 @@ class Dispatcher:
         self.services = services
         self.scheduler = scheduler
         self.publish = publish
+        self.deadman = Deadman(services)
         self.node = node  # the Celery worker's name, for the workers hash
         self.queues = sorted(queues)
         self._wake = threading.Event()
@@ -122,7 +124,9 @@ class Dispatcher:
             thread.join(STOP_TIMEOUT_S)
 
     def run_once(self) -> float | None:
-        """Hand out every free slot and run due duties; return the next wait (None: idle)."""
+        """Fire due dead man's switches, hand out every free slot, run due duties; return the
+        next wait (None: idle)."""
+        deadline_s = self.deadman.check()  # its cancel-alls join their lines first
         turns, wait_s = self.scheduler.release()
         for turn in turns:
             try:
@@ -130,7 +134,8 @@ class Dispatcher:
             except Exception as exc:  # the sweeper puts the job back in line
                 log.error("dispatcher.publish_failed", job=turn.job, error=str(exc))
         self._duties()
-        return wait_s
+        waits = [w for w in (wait_s, deadline_s) if w is not None]
+        return min(waits) if waits else None
 
     def _duties(self) -> None:
         now, services = time.monotonic(), self.services

@@ -145,6 +145,36 @@ class Keys:
         """String: the margin (ms) added to every window, learned from the spans."""
         return f"{self.namespace}:net:margin"
 
+    # --- dead man's switches ------------------------------------------------------------
+
+    def deadman(self, name: str) -> str:
+        """Hash: one switch's settings and state."""
+        return f"{self.namespace}:deadman:switch:{name}"
+
+    def deadman_beat(self, name: str) -> str:
+        """String with a TTL: the switch's deadline is its expiry; a heartbeat pushes it."""
+        return f"{self.namespace}:deadman:beat:{name}"
+
+    @property
+    def deadman_armed(self) -> str:
+        """Set: the switches being watched."""
+        return f"{self.namespace}:deadman:armed"
+
+    @property
+    def deadman_names(self) -> str:
+        """Set: every switch ever armed, for `deadman status`."""
+        return f"{self.namespace}:deadman:names"
+
+    @property
+    def deadman_firing(self) -> str:
+        """Sorted set: switches claimed for firing → when (ms); retried if one stalls."""
+        return f"{self.namespace}:deadman:firing"
+
+    @property
+    def deadman_stats(self) -> str:
+        """Hash: how many times each switch has fired."""
+        return f"{self.namespace}:stats:deadman"
+
     @property
     def sweep_lock(self) -> str:
         """String with a TTL: the dispatcher that sweeps during this interval."""

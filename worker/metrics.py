@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from worker.deadman import Deadman, SwitchState
 from worker.keys import CANCEL_QUEUE, KOMBU_UNACKED, POLL_QUEUE
 from worker.models import Bucket, OrderState
 from worker.services import Services
@@ -46,7 +47,13 @@ class FleetCollector(Collector):
         """
         up = GaugeMetricFamily(f"{PREFIX}_redis_up", "1 if Redis answered this scrape")
         try:
-            metrics = [*self._buckets(), *self._queues(), *self._workers(), *self._orders()]
+            metrics = [
+                *self._buckets(),
+                *self._queues(),
+                *self._workers(),
+                *self._orders(),
+                *self._deadman(),
+            ]
         except redis.RedisError as exc:
             log.warning("metrics.redis_unavailable", error=str(exc))
             up.add_metric([], 0)
@@ -138,6 +145,31 @@ class FleetCollector(Collector):
             consumers.add_metric([queue], count)
         dead.add_metric([], int(services.redis.llen(services.keys.dead_letters)))
         yield from (consumers, dead)
+
+    def _deadman(self) -> Iterator[Metric]:
+        deadman = Deadman(self.services)
+        states = GaugeMetricFamily(
+            f"{PREFIX}_deadman_switches", "Dead man's switches by state", labels=["state"]
+        )
+        left = GaugeMetricFamily(
+            f"{PREFIX}_deadman_seconds_left",
+            "Until an armed switch fires without a beat",
+            labels=["name"],
+        )
+        fired = CounterMetricFamily(
+            f"{PREFIX}_deadman_triggered",
+            "Times a switch fired (sent its cancel-alls)",
+            labels=["name"],
+        )
+        switches = deadman.all()
+        for state in SwitchState:
+            states.add_metric([state.value], sum(1 for s in switches if s.state is state))
+        for switch in switches:
+            if switch.left_ms is not None:
+                left.add_metric([switch.name], switch.left_ms / 1000)
+        for name, count in sorted(deadman.fired_counts().items()):
+            fired.add_metric([name], count)
+        yield from (states, left, fired)
 
     def _orders(self) -> Iterator[Metric]:
         store = self.services.store

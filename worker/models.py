@@ -283,6 +283,30 @@ class BatchRecord:
         values["state"] = BatchState(values["state"])
         return cls(**values)
 
+    @classmethod
+    def queued(
+        cls,
+        batch_id: str,
+        *,
+        account: str,
+        exchange: str,
+        symbol: str | None,
+        priority: Priority,
+        at: int,
+    ) -> BatchRecord:
+        """A new batch, waiting for its cancel-all turn."""
+        return cls(
+            batch_id=batch_id,
+            account=account,
+            exchange=exchange,
+            symbol=symbol,
+            priority=priority.value,
+            state=BatchState.QUEUED,
+            requested_at=at,
+            updated_at=at,
+            history=[{"state": BatchState.QUEUED.value, "at": at}],
+        )
+
     def public(self) -> dict[str, Any]:
         """The documented batch record, without internal bookkeeping."""
         data = self.to_dict()

@@ -22,14 +22,12 @@ import redis
 import structlog
 from kombu.exceptions import KombuError
 
-from worker.accounts import is_registered
 from worker.dispatcher import publish_turn
 from worker.errors import BrokerUnavailable, InvalidRequest
 from worker.models import (
     DEFAULT_ACCOUNT,
     DEFAULT_EXCHANGE,
     BatchRecord,
-    BatchState,
     Bucket,
     CancelRecord,
     OrderState,
@@ -90,7 +88,7 @@ def enqueue(
     unique = list(dict.fromkeys(ids))
     store = services.store
     try:
-        _require_account(services, account)
+        services.require_account(account)
         records, created = store.create_many(
             unique,
             exchange,
@@ -132,18 +130,6 @@ def _hand_out(services: Services, account: str) -> None:
             publish_turn(turn)
     except (redis.RedisError, KombuError) as exc:
         log.warning("producer.hand_out_failed", account=account, error=str(exc))
-
-
-def _require_account(services: Services, account: str) -> None:
-    """An account is known if this process or some worker (the registry) configured it."""
-    if account in services.settings.accounts:
-        return
-    if not is_registered(services.redis, services.keys, account):
-        raise InvalidRequest(
-            "account",
-            account,
-            "is not configured (COINSWITCH_ACCOUNTS and its keys, on the workers)",
-        )
 
 
 def _upgrade(services: Services, order_ids: list[str], priority: Priority) -> None:
@@ -199,20 +185,17 @@ def create_batch(
     With a `batch_id` that exists already, that batch is returned and nothing is added.
     """
     at = now_ms()
-    batch = BatchRecord(
-        batch_id=batch_id or new_batch_id(),
+    batch = BatchRecord.queued(
+        batch_id or new_batch_id(),
         account=account,
         exchange=exchange,
         symbol=symbol,
-        priority=priority.value,
-        state=BatchState.QUEUED,
-        requested_at=at,
-        updated_at=at,
-        history=[{"state": BatchState.QUEUED.value, "at": at}],
+        priority=priority,
+        at=at,
     )
     where = redact_url(services.settings.redis_url)
     try:
-        _require_account(services, account)
+        services.require_account(account)
         if not services.batches.create(batch, watch_at_ms=at + services.watch_grace_ms):
             return services.batches.get(batch.batch_id) or batch
         _hand_out(services, account)

@@ -11,8 +11,9 @@ import redis
 import requests
 from requests.adapters import HTTPAdapter
 
-from worker.accounts import AccountInfo, registered
+from worker.accounts import AccountInfo, is_registered, registered
 from worker.batches import BatchStore
+from worker.errors import InvalidRequest
 from worker.exchange import ExchangeClient
 from worker.keys import Keys
 from worker.lease import Leases
@@ -73,6 +74,16 @@ class Services:
         """A task's hold on an order: its longest wait for a turn plus its longest request."""
         settings = self.settings
         return int((settings.connect_timeout_s + settings.read_timeout_s + 10.0) * 1000)
+
+    def require_account(self, account: str) -> None:
+        """InvalidRequest unless this process or some worker (the registry) configured it."""
+        if account in self.settings.accounts or is_registered(self.redis, self.keys, account):
+            return
+        raise InvalidRequest(
+            "account",
+            account,
+            "is not configured (COINSWITCH_ACCOUNTS and its keys, on the workers)",
+        )
 
     def local_accounts(self) -> dict[str, AccountInfo]:
         """The accounts of this process's own configuration that have an API key."""

@@ -24,6 +24,9 @@ from worker.cancellation import Move, Step, cancel_turn, check_turn, give_to_swe
 from worker.celery_app import (
     CANCEL_ALL_TASK,
     CANCEL_TASK,
+    DEADMAN_ARM_TASK,
+    DEADMAN_DISARM_TASK,
+    DEADMAN_HEARTBEAT_TASK,
     LIST_TASK,
     POLL_TASK,
     SWEEP_TASK,
@@ -320,6 +323,65 @@ def list_orders(self: Any, *, job: str, account: str, bucket: str, turn: str) ->
         finally:
             held.give_back()
     return "done"
+
+
+@app.task(name=DEADMAN_ARM_TASK, bind=True)
+def deadman_arm_task(self: Any, *args: Any, **kwargs: Any) -> str:
+    """Arm a dead man's switch (for producers without Python).
+
+    Keywords (JSON): `name`, `timeout_s` (2 to 3600), `symbols` (list; none: every symbol of
+    the account), `account`, `exchange`. Beat it with the Redis command in the README, or
+    with `cancel_worker.deadman_heartbeat`.
+    """
+    from worker.deadman import arm_deadman
+
+    try:
+        if args:
+            raise InvalidRequest("args", list(args), "takes keywords only")
+        switch = arm_deadman(
+            **_deadman_kwargs(kwargs, ("name", "timeout_s", "symbols", "account", "exchange"))
+        )
+    except (InvalidRequest, TypeError) as exc:
+        _dead_letter(
+            self,
+            exc if isinstance(exc, InvalidRequest) else InvalidRequest("kwargs", kwargs, str(exc)),
+        )
+        return "dead_letter"
+    return switch.state.value
+
+
+@app.task(name=DEADMAN_HEARTBEAT_TASK, bind=True)
+def deadman_heartbeat_task(self: Any, name: str) -> str:
+    """Beat a switch. A Redis command is faster (README); this is for Celery-only producers."""
+    from worker.deadman import SwitchTripped, heartbeat
+
+    try:
+        heartbeat(name)
+    except SwitchTripped:
+        return "tripped"
+    except InvalidRequest as exc:
+        _dead_letter(self, exc)
+        return "dead_letter"
+    return "beaten"
+
+
+@app.task(name=DEADMAN_DISARM_TASK, bind=True)
+def deadman_disarm_task(self: Any, name: str) -> str:
+    """Disarm a switch (before a planned stop)."""
+    from worker.deadman import disarm
+
+    try:
+        return disarm(name).state.value
+    except InvalidRequest as exc:
+        _dead_letter(self, exc)
+        return "dead_letter"
+
+
+def _deadman_kwargs(kwargs: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    unknown = sorted(set(kwargs) - set(names))
+    if unknown:
+        raise InvalidRequest(unknown[0], kwargs[unknown[0]], "is not an argument of this task")
+    return kwargs
 
 
 class DispatcherStep(bootsteps.StartStopStep):
