@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[float, float]] = {
     "pipeline": (300.0, 90.0),
     "producer": (180.0, 60.0),
     "scheduling": (480.0, 180.0),
+    "mass_cancel": (720.0, 240.0),
 }
 TERM_GRACE_S = 40.0  # a benchmark told to stop gets this long to stop its own workers
 
@@ -132,6 +133,10 @@ def _print_tables(results: dict[str, Any]) -> None:
     if "scheduling" in results:
         print()
         rows = report.scheduling_rows(results["scheduling"])
+        print(report.text_table(report.DETAIL_HEADERS, rows))
+    if "mass_cancel" in results:
+        print()
+        rows = report.mass_cancel_rows(results["mass_cancel"])
         print(report.text_table(report.DETAIL_HEADERS, rows))
 
 
