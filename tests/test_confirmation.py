@@ -6,9 +6,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.confirmation import CLOCK_SKEW_MS, Scope, parse_page, scope_of
+from tests.conftest import API_KEY, SECRET_KEY
+from worker.confirmation import (
+    CLOCK_SKEW_MS,
+    CONFIRM_JOB,
+    Scope,
+    confirm_turn,
+    parse_page,
+    scope_of,
+)
 from worker.exchange import LIST_WINDOW_MS
-from worker.models import CancelRecord, OrderState
+from worker.models import Bucket, CancelRecord, OrderState
+from worker.records import now_ms
 from worker.services import Services
 from worker.settings import Settings
 
@@ -57,3 +66,29 @@ def test_scope_widens_for_several_symbols_and_unknown_creation_times(
     assert scope.symbol is None
     assert scope.to_time == 9_000 + CLOCK_SKEW_MS
     assert scope.to_time - scope.from_time == LIST_WINDOW_MS - 1
+
+
+def test_a_second_pass_within_an_interval_sends_nothing_and_waits_out_the_rest(
+    redis_url: str,
+) -> None:
+    """Two passes queued before either began: the second finds the first's claim, makes no
+    list request (its turn is not taken), and joins the line for when the interval ends."""
+    env = {
+        "COINSWITCH_API_KEY": API_KEY,
+        "COINSWITCH_SECRET_KEY": SECRET_KEY,
+        "COINSWITCH_BASE_URL": "http://127.0.0.1:9",  # nothing must be sent; nothing answers
+    }
+    built = Services(Settings.from_env({**env, "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/15"}))
+    built.redis.flushdb()
+    try:
+        built.store.create("o1", "EXCHANGE_2")
+        built.redis.zadd(built.keys.confirm("default"), {"o1": 0})
+        built.redis.set(built.keys.confirm_pass("default"), 1, px=2500)
+        turn = built.scheduler.turn("default", Bucket.CLOSED_ORDERS, "m1")
+        confirm_turn(built, "default", CONFIRM_JOB, turn)
+        assert not turn.taken
+        later = built.scheduler.room_keys("default", Bucket.CLOSED_ORDERS)[1]
+        ready_at = built.redis.zscore(later, CONFIRM_JOB)
+        assert ready_at is not None and ready_at >= now_ms() + 2000
+    finally:
+        built.redis.close()

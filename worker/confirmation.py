@@ -29,6 +29,7 @@ from worker.services import Services
 CONFIRM_JOB = "confirm"  # the list pass of one account; `confirm@<to_time>` continues it
 LIST_MIN_ORDERS = 3  # fewer awaiting confirmation: a status read each instead
 LIST_FIRST_S = 3.0  # a status read waits at least this long behind the pass it backs up
+LIST_LAST_S = 30.0  # and at most this long, however slow the closed-orders budget
 MAX_ORDERS_PER_PASS = 500  # orders one pass looks for, at most
 MAX_PAGES_PER_PASS = 4  # pages one pass reads before the status reads take over
 CLOCK_SKEW_MS = 5000  # our clock and the exchange's may differ this much (its advice)
@@ -74,7 +75,8 @@ def await_many(
     status_delay_s = delay_s
     if awaiting + len(records) >= LIST_MIN_ORDERS:
         join_pass(services, scheduler, account, priority, delay_s)
-        status_delay_s = delay_s + max(LIST_FIRST_S, 2 * pass_interval_s(scheduler, account))
+        behind_s = min(LIST_LAST_S, max(LIST_FIRST_S, 2 * pass_interval_s(scheduler, account)))
+        status_delay_s = delay_s + behind_s
     for rank in (Priority.URGENT, Priority.NORMAL):
         jobs = [r.order_id for r in records if Priority(r.priority) is rank]
         scheduler.join(account, Bucket.STATUS, jobs, priority=rank, delay_s=status_delay_s)
@@ -90,10 +92,7 @@ def join_pass(
     services: Services, scheduler: Scheduler, account: str, priority: Priority, delay_s: float
 ) -> None:
     """Queue the account's next list pass: after `delay_s`, and a slot interval after the last."""
-    last = services.redis.get(services.keys.confirm_pass(account))
-    paced_s = 0.0
-    if last is not None:
-        paced_s = (int(last) + pass_interval_s(scheduler, account) * 1000 - now_ms()) / 1000
+    paced_s = max(0, int(services.redis.pttl(services.keys.confirm_pass(account)))) / 1000
     wait_s = max(delay_s, paced_s)
     scheduler.join(account, Bucket.CLOSED_ORDERS, [CONFIRM_JOB], priority=priority, delay_s=wait_s)
 
@@ -159,11 +158,17 @@ def confirm_turn(services: Services, account: str, job: str, turn: Turn) -> None
     to_time = paging[0] if paging else scope.to_time
     exchange = next(iter(wanted.values())).exchange or DEFAULT_EXCHANGE
     urgent = any(r.priority == Priority.URGENT.value for r in wanted.values())
+    if "@" not in job and not services.redis.set(
+        services.keys.confirm_pass(account),
+        now_ms(),
+        nx=True,
+        px=max(1, int(pass_interval_s(scheduler, account) * 1000)),
+    ):  # another new pass began less than an interval ago (joined before it claimed this)
+        _again(services, scheduler, account, urgent)
+        return
     if not turn.take():
         _again(services, scheduler, account, urgent)
         return
-    if "@" not in job:  # a new pass (not the next page of one): the next waits an interval
-        services.redis.set(services.keys.confirm_pass(account), turn.sent_at_ms, ex=3600)
     client = services.exchange(account)
     try:
         page = turn.request(
