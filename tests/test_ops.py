@@ -17,11 +17,13 @@ import requests
 from tests.conftest import SERVICE_ENV
 from tests.redis_server import free_port
 from tests.support import ROOT, stop_process, wait_for
+from worker.deadman import arm_deadman, disarm
 
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"
 ALERT_TESTS = ROOT / "ops" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "ops" / "grafana" / "cancel-worker.json"
 METRIC_RE = re.compile(r"\bcancel_worker_[a-z_]+")
+SWITCH = "ops-metrics-scrape"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,13 +84,19 @@ def _ok(url: str) -> bool:
 
 def test_every_metric_the_assets_name_is_served(metrics_url: str) -> None:
     """Each metric the alert rules and the dashboard use appears in a live scrape, with
-    the workers' accounts, queues and consumers in it."""
+    the workers' accounts, queues and consumers in it; an armed switch that never fired
+    has its fired counter at 0 (so the alert's increase() sees its first firing)."""
 
     def scrape() -> str | None:
         text = requests.get(metrics_url, timeout=5).text
         return text if 'cancel_worker_consumers{queue="cancels"} 1.0' in text else None
 
-    text = wait_for(scrape, 30, "the worker's heartbeat in the metrics")
+    arm_deadman(SWITCH, 3600, ["ZZZUSDT"])  # a symbol nobody trades; disarmed below
+    try:
+        text = wait_for(scrape, 30, "the worker's heartbeat in the metrics")
+    finally:
+        disarm(SWITCH)
+    assert f'cancel_worker_deadman_triggered_total{{name="{SWITCH}"}} 0.0' in text
     served = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
     missing = named_metrics() - served
     assert not missing, sorted(missing)

@@ -51,7 +51,8 @@ def final_events(client: redis.Redis, order_ids: set[str]) -> dict[str, int]:
     """How many final-state events the stream holds for each of these orders."""
     counts = dict.fromkeys(order_ids, 0)
     for _, fields in client.xrange(Keys().events):
-        if fields["order_id"] in counts and fields["state"] in FINAL_STATES:
+        # Batch and switch events share the stream and carry no order_id.
+        if fields.get("order_id") in counts and fields["state"] in FINAL_STATES:
             counts[fields["order_id"]] += 1
     return counts
 

@@ -167,7 +167,10 @@ class FleetCollector(Collector):
         for switch in switches:
             if switch.left_ms is not None:
                 left.add_metric([switch.name], switch.left_ms / 1000)
-        for name, count in sorted(deadman.fired_counts().items()):
+        # Every known switch gets a sample, 0 until it fires: `increase()` in the alert
+        # needs a sample before the first firing to see it.
+        counts = {switch.name: 0 for switch in switches} | deadman.fired_counts()
+        for name, count in sorted(counts.items()):
             fired.add_metric([name], count)
         yield from (states, left, fired)
 
