@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -84,7 +85,9 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A client on db 15, emptied for each test, so unit tests never see each other's keys."""
-    client = redis.Redis.from_url(redis_url, db=15, decode_responses=True)
+    # The URL's own database would win over a db= argument (redis-py), so replace it.
+    client = redis.Redis.from_url(urlsplit(redis_url)._replace(path="/15").geturl(),
+                                  decode_responses=True)  # fmt: skip
     client.flushdb()
     yield client
     client.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 import yaml
 
@@ -69,27 +72,20 @@ def processes_in_group(pgid: int) -> list[int]:
     return found
 
 
-@pytest.fixture
-def stack() -> Iterator[dict[str, Any]]:
-    """`cancel-worker run` on a machine where nothing answers at REDIS_URL and no keys are set."""
-    ports = {name: free_port() for name in ("redis", "sandbox", "flower", "metrics")}
+@contextlib.contextmanager
+def running(redis_url: str, *extra: str) -> Iterator[dict[str, Any]]:
+    """`cancel-worker run` with no keys set, until the stack says it is running."""
+    ports = {name: free_port() for name in ("sandbox", "flower", "metrics")}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COINSWITCH_", "CANCEL_"))}
-    env["REDIS_URL"] = f"redis://127.0.0.1:{ports['redis']}/0"
+    env["REDIS_URL"] = redis_url
     with tempfile.TemporaryDirectory(prefix="cw-run-") as data_dir:
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "worker.cli",
-                "run",
-                "--data-dir",
-                data_dir,
-                "--sandbox-port",
-                str(ports["sandbox"]),
-                "--flower-port",
-                str(ports["flower"]),
-                "--metrics-port",
-                str(ports["metrics"]),
+                sys.executable, "-m", "worker.cli", "run", "--data-dir", data_dir,
+                "--sandbox-port", str(ports["sandbox"]),
+                "--flower-port", str(ports["flower"]),
+                "--metrics-port", str(ports["metrics"]),
+                *extra,
             ],
             cwd=ROOT,
             env=path_env(env),
@@ -97,7 +93,7 @@ def stack() -> Iterator[dict[str, Any]]:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-        )
+        )  # fmt: skip
         output = Output(proc)
         try:
             wait_for(
@@ -111,6 +107,32 @@ def stack() -> Iterator[dict[str, Any]]:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+@pytest.fixture
+def stack() -> Iterator[dict[str, Any]]:
+    """`cancel-worker run` on a machine where nothing answers at REDIS_URL and no keys are set."""
+    with running(f"redis://127.0.0.1:{free_port()}/0") as started:
+        yield started
+
+
+def demo_cancel(output: str, redis_url: str) -> subprocess.CompletedProcess[str]:
+    """Run the demo command `run` printed, from a shell that has only REDIS_URL."""
+    command = rf"REDIS_URL={re.escape(shlex.quote(redis_url))} \S*cancel-worker cancel"
+    pattern = command + r" ([0-9a-f-]{36}) --wait"
+    match = re.search(pattern, output)
+    assert match, output[-3000:]
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", "cancel", match.group(1), "--wait", "--timeout", "60"],
+        cwd=ROOT,
+        env=path_env(
+            {k: v for k, v in os.environ.items() if not k.startswith("COINSWITCH_")}
+            | {"REDIS_URL": redis_url}
+        ),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
 
 
 def stack_processes(redis_url: str) -> dict[int, tuple[str, dict[str, str]]]:
@@ -140,10 +162,7 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
     assert "(embedded, data in" in output.text
     assert "SANDBOX" in output.text and "nothing reaches CoinSwitch" in output.text
     # The demo command carries the REDIS_URL another shell needs (no key is needed).
-    pattern = rf"REDIS_URL={re.escape(redis_url)} \S*cancel-worker cancel ([0-9a-f-]{{36}}) --wait"
-    match = re.search(pattern, output.text)
-    assert match, output.text[-3000:]
-    order_id = match.group(1)
+    order_id = re.findall(r"cancel ([0-9a-f-]{36}) --wait", output.text)[0]
 
     processes = stack_processes(redis_url)
     signers = [env for cmd, env in processes.values() if " worker -Q " in cmd]
@@ -152,17 +171,7 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
     assert all("COINSWITCH_SECRET_KEY" in env for env in signers)
     assert not any(k for env in readers for k in env if "SECRET" in k)
 
-    result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "cancel", order_id, "--wait", "--timeout", "60"],
-        cwd=ROOT,
-        env=path_env(
-            {k: v for k, v in os.environ.items() if not k.startswith("COINSWITCH_")}
-            | {"REDIS_URL": redis_url}
-        ),
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    result = demo_cancel(output.text, redis_url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "summary: 1 CANCELLED"
 
@@ -199,6 +208,39 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
     ]
     assert set(stopped[-2:]) == {"redis", "sandbox"}, stopped  # the infrastructure goes last
     assert "CRITICAL" not in shutdown and "Traceback" not in shutdown, shutdown[-3000:]
+
+
+def five_free_ports() -> int:
+    """A port p with p..p+4 all free (run --sentinel's primary, replica and Sentinels)."""
+    for _ in range(50):
+        base = free_port()
+        if base + 4 < 65536 and all(port_is_free(base + i) for i in range(1, 5)):
+            return base
+    raise AssertionError("no five consecutive free ports")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_run_sentinel_serves_through_a_primary_a_replica_and_three_sentinels() -> None:
+    """`run --sentinel`: a primary, a replica and three Sentinels; the demo command, with
+    the Sentinel REDIS_URL it prints, cancels the order; Ctrl-C leaves nothing behind."""
+    base = five_free_ports()
+    with running(f"redis://127.0.0.1:{base}/0", "--sentinel") as started:
+        proc, output = started["proc"], started["output"]
+        sentinel_url = ";".join(f"sentinel://127.0.0.1:{base + i}" for i in (2, 3, 4)) + "/0"
+        assert f"redis-cli -p {base} shutdown nosave" in output.text
+        replica = redis.Redis(port=base + 1, decode_responses=True)
+        assert replica.info("replication")["role"] == "slave"
+        result = demo_cancel(output.text, sentinel_url)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == "summary: 1 CANCELLED"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=40) == 0, output.text[-3000:]
+        wait_for(lambda: not processes_in_group(proc.pid), 10, "every child to exit")
+        assert all(port_is_free(base + i) for i in range(5))
 
 
 def test_a_second_run_is_refused_before_it_starts_anything(stack: dict[str, Any]) -> None:
@@ -356,3 +398,22 @@ def test_compose_file_is_production_shaped() -> None:
     assert "COINSWITCH_SECRET_KEY" in services["worker"]["environment"]
     assert "--allow-remote" in services["sandbox"]["command"]  # it must bind 0.0.0.0 there
     shlex.split(" ".join(services["worker"]["command"]))
+
+
+def test_compose_sentinel_profile_watches_the_primary() -> None:
+    """The `sentinel` profile: a replica of `redis` and three Sentinels agreeing (quorum 2)
+    on it; every process takes REDIS_URL from the environment, so the Sentinel URL reaches all."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    replica = services["redis-replica"]
+    assert replica["profiles"] == ["sentinel"]
+    assert replica["command"][-3:] == ["--replicaof", "redis", "6379"]
+    sentinels = [services[f"sentinel-{i}"] for i in (1, 2, 3)]
+    for sentinel in sentinels:
+        assert sentinel["profiles"] == ["sentinel"]
+        script = sentinel["command"][-1]
+        assert "'sentinel monitor mymaster redis 6379 2'" in script
+        assert script.endswith("--sentinel")
+    for name in ("worker", "flower", "metrics"):
+        assert services[name]["environment"]["REDIS_URL"].startswith("${REDIS_URL:-redis://")
+    assert "sentinel://sentinel-1:26379;" in (ROOT / "docker-compose.yml").read_text()

@@ -42,6 +42,20 @@ return 1
 """
 )
 
+#: Undo CREATE_BATCH_LUA for a batch still QUEUED and waiting in line (nothing sent it).
+#: KEYS: [1] batch key, [2] due zset, [3] the cancel-all line's ready zset
+#: ARGV: [1] batch id
+#: Returns: 1 if removed.
+DISCARD_BATCH_LUA = """
+local body = redis.call('GET', KEYS[1])
+if not body or not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
+if cjson.decode(body)['state'] ~= 'QUEUED' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
 #: A change to a batch: return the batch to store, or None to leave it as it is.
 BatchChange = Callable[[BatchRecord], BatchRecord | None]
 
@@ -62,6 +76,7 @@ class BatchStore:
         self.ttl_s = ttl_s
         self.events_maxlen = events_maxlen
         self._create = client.register_script(CREATE_BATCH_LUA)
+        self._discard = client.register_script(DISCARD_BATCH_LUA)
 
     def create(self, batch: BatchRecord, *, watch_at_ms: int) -> bool:
         """Store a new QUEUED batch and queue it for a cancel-all turn (urgent first)."""
@@ -89,6 +104,15 @@ class BatchStore:
             ],
         )
         return bool(created)
+
+    def discard_queued(self, batch: BatchRecord) -> bool:
+        """Remove a batch nothing has sent yet (its request could not be confirmed)."""
+        keys = [
+            self.keys.batch(batch.batch_id),
+            self.keys.due,
+            self.keys.room_ready(batch.account, Bucket.CANCEL_ALL),
+        ]
+        return bool(self._discard(keys=keys, args=[batch.batch_id]))
 
     def get(self, batch_id: str) -> BatchRecord | None:
         """The record of one batch, or None if unknown (or expired)."""

@@ -164,7 +164,7 @@ def _send_cancel(services: Services, record: CancelRecord, turn: Turn) -> Step:
     )
     if marked is None or marked.is_final:
         return Step(Move.DONE, record=marked)
-    if not turn.take():  # the budget is paused (a 429): queue again, keeping the place
+    if not turn.take():  # paused (a 429, no replica): queue again, keeping the place
         store.transition(order_id, record.state, attempts=record.attempts, delete_in_flight=False)
         return Step(Move.CANCEL, record=record)
     client = services.exchange(record.account)

@@ -7,11 +7,16 @@ worker node): worker.scheduler enforces them in Redis for the whole fleet.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import setup_logging
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.transport import redis as kombu_redis
 
+from worker.connection import broker_transport_options, is_sentinel_url
 from worker.keys import (
     CANCEL_QUEUE,
     KOMBU_UNACKED,
@@ -33,6 +38,47 @@ DEADMAN_DISARM_TASK = "cancel_worker.deadman_disarm"
 
 UNACKED_RESTORE_INTERVAL_S = 2  # how often a worker scans for messages of dead workers
 UNACKED_MUTEX_EXPIRE_S = 15  # a worker killed during that scan blocks restores this long
+# A worker that lost the broker tries again after 0.5 s, then 1, 1.5, 2, 2... (kombu's
+# defaults, 2, 4, 6... s, would add seconds to a failover the Sentinels finish in two).
+RECONNECT_FIRST_S = 0.5
+RECONNECT_STEP_S = 0.5
+RECONNECT_MAX_S = 2.0
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, reconnecting to a lost broker sooner (see RECONNECT_FIRST_S)."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection,
+            interval_start=RECONNECT_FIRST_S,
+            interval_step=RECONNECT_STEP_S,
+            interval_max=RECONNECT_MAX_S,
+        )
+        return super().ensure_connected(conn)
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel, failing like a lost connection once its own is released.
+
+    kombu 5.x: after a lost primary, Celery releases the connection, and the old channel,
+    closed again or asked to ack or reject a message it delivered, rebuilds a pool from the
+    released transport (whose client is None). That AttributeError is not one of kombu's
+    connection errors, so Celery calls it unrecoverable and the worker exits. As a
+    connection error it is logged and passed over; the messages come back by the visibility
+    timeout and the sweep.
+    """
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            raise redis.ConnectionError("this channel's broker connection was released")
+        return dict(super()._connparams(asynchronous=asynchronous))  # type: ignore[no-untyped-call]
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with the channel above."""
+
+    Channel = SentinelChannel
 
 
 def make_app(settings: Settings) -> Celery:
@@ -58,6 +104,7 @@ def make_app(settings: Settings) -> Celery:
             DEADMAN_DISARM_TASK: {"queue": POLL_QUEUE},
         },
         broker_transport_options={
+            **broker_transport_options(settings),
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
             "unacked_restore_throttle": 1,
@@ -67,6 +114,10 @@ def make_app(settings: Settings) -> Celery:
             "unacked_mutex_key": KOMBU_UNACKED_MUTEX,
         },
         broker_connection_retry_on_startup=True,
+        broker_transport=f"{__name__}:SentinelTransport"
+        if is_sentinel_url(settings.redis_url)
+        else None,
+        worker_consumer=f"{__name__}:Consumer",
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,

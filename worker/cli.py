@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     run.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="start a Redis primary, a replica and three Sentinels (ports from REDIS_URL's: "
+        "port, port + 1; Sentinels at port + 2..4) and use them, to try a failover",
+    )
+    run.add_argument(
         "--data-dir",
         type=Path,
         default=Path(stack.DEFAULT_DATA_DIR),
@@ -697,6 +703,7 @@ def _run(args: argparse.Namespace) -> int:
 
     configure_logging()
     options = stack.RunOptions(
+        sentinel=args.sentinel,
         data_dir=args.data_dir,
         sandbox_port=args.sandbox_port,
         flower_port=args.flower_port,

@@ -213,7 +213,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'deadman', 'name', ARGV[1],
   'account', redis.call('HGET', KEYS[1], 'account'), 'symbols',
   redis.call('HGET', KEYS[1], 'symbols'), 'state', 'DEADMAN_TRIGGERED', 'at', now,
-  'deadline_at', redis.call('HGET', KEYS[1], 'fired_at'), 'batches', ARGV[2])
+  'fired_at', redis.call('HGET', KEYS[1], 'fired_at'), 'batches', ARGV[2])
 redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
 return 1
 """
@@ -282,6 +282,11 @@ class Deadman:
                 DEFAULT_EVENTS_MAXLEN,
             ],
         )
+        if not self.services.replication.confirmed():
+            raise BrokerUnavailable(
+                f"no replica confirmed arming {name!r} within "
+                f"{self.services.settings.replica_wait_ms} ms; arm it again"
+            )
         switch = self.get(name)
         assert switch is not None
         if not symbols:

@@ -22,6 +22,7 @@ import structlog
 
 from worker.accounts import register
 from worker.celery_app import CANCEL_ALL_TASK, CANCEL_TASK, LIST_TASK, POLL_TASK, app
+from worker.connection import PrimaryChange
 from worker.deadman import Deadman
 from worker.models import Bucket
 from worker.records import now_ms
@@ -34,6 +35,7 @@ ERROR_PAUSE_S = 1.0  # after a Redis error, before trying again
 REGISTRY_REFRESH_S = 60.0  # how often a worker re-registers the accounts it serves
 WORKER_HEARTBEAT_S = 10.0  # how often a worker says which queues it consumes
 WORKER_FORGET_S = 3600.0  # a worker silent this long is dropped from the workers hash
+PRIMARY_CHECK_S = 1.0  # how often a dispatcher looks for a new Redis primary (a failover)
 SWEEP_BATCH = 500  # orders the sweeper looks at per interval, at most
 LISTEN_TIMEOUT_S = 1.0
 STOP_TIMEOUT_S = 5.0
@@ -106,6 +108,7 @@ class Dispatcher:
         self._owner = uuid.uuid4().hex
         self._next_registry = 0.0
         self._next_heartbeat = 0.0
+        self._next_primary = 0.0
         self._next_sweep = 0.0
 
     def start(self) -> None:
@@ -142,6 +145,11 @@ class Dispatcher:
         if now >= self._next_registry:
             register(services.redis, services.keys, services.settings.accounts, now_ms())
             self._next_registry = now + REGISTRY_REFRESH_S
+        if now >= self._next_primary:
+            self._next_primary = now + PRIMARY_CHECK_S
+            change = services.replication.primary_changed()
+            if change is not PrimaryChange.SAME:
+                self._after_failover(change)
         if self.node and now >= self._next_heartbeat:
             self._heartbeat()
             self._next_heartbeat = now + WORKER_HEARTBEAT_S
@@ -153,6 +161,14 @@ class Dispatcher:
                 requeued = sweep(self.services, self.scheduler, limit=SWEEP_BATCH)
                 if requeued:
                     log.info("sweep.done", requeued=requeued)
+
+    def _after_failover(self, change: PrimaryChange) -> None:
+        """A new primary: look at all work under way now, since turns handed out just before
+        may be lost; after a restart without replicas, hold every budget one window too."""
+        held = self.scheduler.hold_all() if change is PrimaryChange.RESTARTED else 0
+        ahead_ms = self.services.watch_grace_ms
+        requeued = sweep(self.services, self.scheduler, limit=SWEEP_BATCH, ahead_ms=ahead_ms)
+        log.warning("dispatcher.new_primary", how=change.name, budgets_held=held, requeued=requeued)
 
     def _heartbeat(self) -> None:
         """Say which queues this worker consumes; forget workers long silent."""
@@ -168,11 +184,15 @@ class Dispatcher:
                 wait_s = self.run_once()
             except redis.RedisError as exc:
                 log.warning("dispatcher.redis_unavailable", error=str(exc))
-                wait_s = ERROR_PAUSE_S
+                self._stopping.wait(ERROR_PAUSE_S)  # due duties would otherwise spin
+                continue
             except Exception:  # keep dispatching whatever one round did
                 log.exception("dispatcher.error")
-                wait_s = ERROR_PAUSE_S
-            next_duty = min(self._next_registry, self._next_heartbeat, self._next_sweep)
+                self._stopping.wait(ERROR_PAUSE_S)
+                continue
+            next_duty = min(
+                self._next_registry, self._next_heartbeat, self._next_primary, self._next_sweep
+            )
             until_duty = next_duty - time.monotonic()
             timeout = min(IDLE_WAIT_S if wait_s is None else wait_s, max(0.0, until_duty))
             self._wake.wait(min(timeout, IDLE_WAIT_S))

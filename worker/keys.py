@@ -53,7 +53,7 @@ class Keys:
         return f"{self.namespace}:confirm:{account}"
 
     def confirm_pass(self, account: str) -> str:
-        """String: when the account's last list pass began (ms), to pace the next."""
+        """String with a TTL of one pass interval: a list pass began (ms); the next waits it out."""
         return f"{self.namespace}:confirm:{account}:last"
 
     @property
@@ -174,6 +174,17 @@ class Keys:
     def deadman_stats(self) -> str:
         """Hash: how many times each switch has fired."""
         return f"{self.namespace}:stats:deadman"
+
+    @property
+    def sync_point(self) -> str:
+        """Counter written before `WAIT`: once a replica has it, it has every earlier write."""
+        return f"{self.namespace}:repl:sync"
+
+    @property
+    def primary(self) -> str:
+        """Hash: the run id of the primary last seen (to notice a failover), and whether a
+        replica confirmed its send times."""
+        return f"{self.namespace}:repl:primary"
 
     @property
     def sweep_lock(self) -> str:

@@ -93,7 +93,7 @@ def cancel_all_turn(services: Services, batch_id: str, turn: Turn, *, owner: str
 def _send(services: Services, batch: BatchRecord, turn: Turn) -> None:
     batches, batch_id = services.batches, batch.batch_id
     batches.transition(batch_id, BatchState.QUEUED, attempts=batch.attempts + 1, in_flight=True)
-    if not turn.take():  # the budget is paused (a 429): queue again, keeping the place
+    if not turn.take():  # paused (a 429, no replica): queue again, keeping the place
         batches.transition(batch_id, BatchState.QUEUED, attempts=batch.attempts, in_flight=False)
         queue_batch(services, batch)
         return

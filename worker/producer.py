@@ -96,6 +96,21 @@ def enqueue(
             priority=priority,
             watch_at_ms=now_ms() + services.watch_grace_ms,
         )
+        fresh = [r.order_id for r, made in zip(records, created, strict=True) if made]
+        if fresh and not services.replication.confirmed():
+            removed = store.discard_queued(fresh, account)
+            taken = len(fresh) - removed  # a dispatcher handed them out already
+            raise BrokerUnavailable(
+                f"no replica of Redis at {redact_url(services.settings.redis_url)} confirmed "
+                f"the request within {services.settings.replica_wait_ms} ms, so a failover "
+                f"could lose it: its {removed} new record(s) were removed"
+                + (
+                    f" ({taken} already taken by a worker, sent only once a replica confirms)"
+                    if taken
+                    else ""
+                )
+                + "; request it again (requesting again is safe)"
+            )
         waiting = [
             r.order_id
             for r, made in zip(records, created, strict=True)
@@ -198,6 +213,13 @@ def create_batch(
         services.require_account(account)
         if not services.batches.create(batch, watch_at_ms=at + services.watch_grace_ms):
             return services.batches.get(batch.batch_id) or batch
+        if not services.replication.confirmed():
+            services.batches.discard_queued(batch)
+            raise BrokerUnavailable(
+                f"no replica of Redis at {where} confirmed the cancel-all within "
+                f"{services.settings.replica_wait_ms} ms, so a failover could lose it: it was "
+                "removed; request it again"
+            )
         _hand_out(services, account)
     except redis.TimeoutError as exc:
         raise BrokerUnavailable(

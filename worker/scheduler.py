@@ -39,7 +39,7 @@ import bisect
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import structlog
@@ -48,6 +48,9 @@ from worker.accounts import AccountInfo
 from worker.errors import ExchangeError, RateLimited
 from worker.keys import Keys
 from worker.models import Bucket, Priority
+
+if TYPE_CHECKING:
+    from worker.connection import Replication
 
 #: A job's place in line is one number: rank, then the time it is ordered by, then its
 #: position within a request (so a batch keeps its order inside one millisecond):
@@ -59,6 +62,7 @@ RANK_STRIDE = 2**49  # urgent (rank 0) scores sit below this, normal (rank 1) ab
 RELEASE_LEAD_MS = 5  # a turn may be handed out this early, to cover the task's pick-up
 PROMOTE_PER_CALL = 500  # later → ready moves per budget per RELEASE, at most
 MAX_HOLD_S = 2.0  # a task waits this long at most for its turn to clear; then it queues again
+REPLICA_HOLD_MS = 1000  # a budget waits this long after no replica confirmed a send time
 SPAN_SAMPLES = 64  # recent request spans the margin is learned from (fleet-wide)
 MARGIN_HEADROOM = 1.2  # margin = largest recent span x this, within floor and ceiling
 MARGIN_MEMORY_S = 600  # spans older than this are forgotten: the margin falls back to its floor
@@ -506,10 +510,12 @@ class Scheduler:
         margin_floor_ms: int,
         margin_ceiling_ms: int,
         watch_ms: int,
+        replication: Replication | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.accounts = dict(accounts)
+        self.replication = replication  # send times reach a replica before their request
         self.margin_floor_ms = margin_floor_ms
         self.margin_ceiling_ms = margin_ceiling_ms
         self.watch_ms = watch_ms
@@ -631,6 +637,21 @@ class Scheduler:
                 args=[rate.period_ms, self.margin_floor_ms, self.margin_ceiling_ms, STATS_TTL_S],
             )
         )
+
+    def hold(self, account: str, bucket: Bucket, ms: int, why: str) -> None:
+        """Hand out no turn of this budget for `ms` (a longer pause, from a 429, stays)."""
+        self.client.set(self._budget_keys(account, bucket)[1], why, px=ms, nx=True)
+
+    def hold_all(self) -> int:
+        """Hand out no turn of any budget for one window (after a failover); return how many."""
+        margin = self.margin_ms()
+        pipe = self.client.pipeline(transaction=False)
+        for account, bucket in self._budgets:
+            rate = self.accounts[account].rates[bucket]
+            pause = self._budget_keys(account, bucket)[1]
+            pipe.set(pause, "failover", px=rate.period_ms + margin)
+        pipe.execute()
+        return len(self._budgets)
 
     def observe(self, span_ms: float) -> int:
         """Learn from one request's span, from taking its turn to its answer; return the margin."""
@@ -766,20 +787,33 @@ class Turn:
     ) -> bool:
         """Commit the send time now, waiting (at most `max_hold_s`) while the window is full.
 
-        False means the wait would be longer (a 429 pause): give the turn back and queue again.
+        False means the wait would be longer (a 429 pause), or no replica confirmed the send
+        time (a failover could forget it): give the turn back and queue again.
         """
+        replication = self.scheduler.replication
+        if replication is not None and not replication.healthy and not replication.confirmed():
+            return self._hold_for_replica()  # spend no slot while no replica answers
         held_s = 0.0
         while True:
             started = time.monotonic()
             ok, value = self.scheduler.commit(self.account, self.bucket, self.member)
             if ok:
                 self.taken, self._taken_at, self.sent_at_ms = True, started, value
+                if replication is not None and not replication.confirmed():
+                    # The send time may be on the primary only: a failover could forget it
+                    # and hand its slot out again. The slot stays spent; nothing is sent.
+                    return self._hold_for_replica()
                 return True
             wait_s = value / 1000
             if held_s + wait_s > max_hold_s:
                 return False
             sleep(wait_s)
             held_s += wait_s
+
+    def _hold_for_replica(self) -> bool:
+        log.warning("budget.replica_unconfirmed", account=self.account, bucket=self.bucket.value)
+        self.scheduler.hold(self.account, self.bucket, REPLICA_HOLD_MS, "replica")
+        return False
 
     def request(self, call: Callable[[], T]) -> T:
         """Make the turn's exchange request; learn from its span, and pause on a 429."""

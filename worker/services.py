@@ -13,6 +13,7 @@ from requests.adapters import HTTPAdapter
 
 from worker.accounts import AccountInfo, is_registered, registered
 from worker.batches import BatchStore
+from worker.connection import Replication, connect_redis
 from worker.errors import InvalidRequest
 from worker.exchange import ExchangeClient
 from worker.keys import Keys
@@ -23,21 +24,8 @@ from worker.settings import Settings
 from worker.signing import Signer
 
 HTTP_POOL_SIZE = 16  # connections kept open to the exchange, per worker process
-REDIS_SOCKET_TIMEOUT_S = 5.0
-REDIS_HEALTH_CHECK_INTERVAL_S = 15
 SWEEP_SLACK_S = 5.0  # the sweeper steps in this long after redelivery would have
 REGISTRY_CACHE_S = 10.0  # a producer re-reads which accounts workers serve this often
-
-
-def connect_redis(url: str) -> redis.Redis:
-    """A Redis client for our own keys: decoded strings, bounded waits, retried connects."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
-        health_check_interval=REDIS_HEALTH_CHECK_INTERVAL_S,
-    )
 
 
 @dataclass
@@ -49,14 +37,16 @@ class Services:
     keys: Keys = field(init=False)
     store: RecordStore = field(init=False)
     batches: BatchStore = field(init=False)
+    replication: Replication = field(init=False)
     leases: Leases = field(init=False)
     _clients: dict[str, ExchangeClient] = field(init=False, default_factory=dict)
     _known: tuple[float, Scheduler] | None = field(init=False, default=None)
     _clients_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.redis = connect_redis(self.settings.redis_url)
+        self.redis = connect_redis(self.settings)
         self.keys = Keys(self.settings.namespace)
+        self.replication = Replication(self.redis, self.keys, wait_ms=self.settings.replica_wait_ms)
         ttl_s = self.settings.record_ttl_s
         self.batches = BatchStore(self.redis, self.keys, ttl_s=ttl_s)
         self.store = RecordStore(
@@ -101,6 +91,7 @@ class Services:
             margin_floor_ms=self.settings.rate_margin_ms,
             margin_ceiling_ms=self.settings.rate_margin_max_ms,
             watch_ms=self.watch_grace_ms,
+            replication=self.replication,
         )
 
     @cached_property

@@ -44,11 +44,18 @@ DEFAULT_POLL_MAX_ATTEMPTS = 30
 DEFAULT_POLL_DEADLINE_S = 300.0  # active polling gives up after this, then UNCONFIRMED
 DEFAULT_RECHECK_INTERVAL_S = 60.0  # UNCONFIRMED orders are re-checked this often
 DEFAULT_SWEEP_INTERVAL_S = 5.0  # how often one dispatcher looks for lost work
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_SENTINEL_MASTER = "mymaster"
+#: How long a request waits for a replica to acknowledge its writes (when replicas exist).
+DEFAULT_REPLICA_WAIT_MS = 500
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for messages and logs."""
+    """The URL (or Sentinel URLs) with any password replaced by ***, for messages and logs."""
+    return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+def _redact_one(url: str) -> str:
     try:
         parts = urlsplit(url)
         if parts.password is None:
@@ -61,9 +68,22 @@ def redact_url(url: str) -> str:
 
 def _redis_url(env: Mapping[str, str]) -> str:
     url = env.get("REDIS_URL", DEFAULT_REDIS_URL)
-    if urlsplit(url).scheme not in REDIS_SCHEMES:
-        schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
-        raise ConfigError("REDIS_URL", f"{redact_url(url)!r} is not a Redis URL ({schemes})")
+    schemes = {urlsplit(part.strip()).scheme for part in url.split(";")}
+    sentinel = schemes == {"sentinel"}
+    if not sentinel and (len(url.split(";")) > 1 or not schemes <= set(REDIS_SCHEMES)):
+        known = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+        raise ConfigError("REDIS_URL", f"{redact_url(url)!r} is not a Redis URL ({known})")
+    if sentinel:
+        for part in url.split(";"):
+            parts = urlsplit(part.strip())
+            try:
+                parts.port  # noqa: B018 - parsing it is the check
+            except ValueError:
+                raise ConfigError("REDIS_URL", f"{redact_url(part)!r} has a bad port") from None
+            if not parts.hostname:
+                raise ConfigError("REDIS_URL", f"{redact_url(part)!r} names no Sentinel host")
+            if not parts.path.strip("/").isdigit() and parts.path.strip("/"):
+                raise ConfigError("REDIS_URL", f"{redact_url(part)!r}: the database is a number")
     return url
 
 
@@ -72,6 +92,8 @@ class Settings:
     """Everything the service reads from its environment; build with `Settings.from_env()`."""
 
     redis_url: str = DEFAULT_REDIS_URL
+    redis_sentinel_master: str = DEFAULT_SENTINEL_MASTER
+    redis_sentinel_password: Secret | None = field(default=None, repr=False)
     base_url: str = DEFAULT_BASE_URL
     #: Configured accounts by name; `default` is COINSWITCH_API_KEY / _SECRET_KEY.
     accounts: Mapping[str, Account] = field(default_factory=dict)
@@ -92,6 +114,7 @@ class Settings:
     poll_deadline_s: float = DEFAULT_POLL_DEADLINE_S
     recheck_interval_s: float = DEFAULT_RECHECK_INTERVAL_S
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
+    replica_wait_ms: int = DEFAULT_REPLICA_WAIT_MS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -109,6 +132,12 @@ class Settings:
         }
         settings = cls(
             redis_url=_redis_url(env),
+            redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER") or DEFAULT_SENTINEL_MASTER,
+            redis_sentinel_password=(
+                Secret(env["REDIS_SENTINEL_PASSWORD"])
+                if env.get("REDIS_SENTINEL_PASSWORD")
+                else None
+            ),
             base_url=base_url,
             accounts=accounts_from_env(env, rates),
             rates=rates,
@@ -159,6 +188,7 @@ TUNING: tuple[tuple[str, type[int] | type[float]], ...] = (
     ("poll_deadline_s", float),
     ("recheck_interval_s", float),
     ("sweep_interval_s", float),
+    ("replica_wait_ms", int),
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -186,14 +187,73 @@ class Supervisor:
 
 
 def redis_answers(url: str) -> bool:
-    """Whether a Redis server answers PING at this URL within a second."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    """Whether a Redis server (for Sentinel URLs: the primary) answers PING within a second."""
+    from worker.connection import connect_redis
+    from worker.settings import Settings
+
     try:
+        client = connect_redis(Settings(redis_url=url), timeout_s=1.0)
         return bool(client.ping())
+    except (redis.RedisError, ValueError):
+        return False
+
+
+def replica_in_sync(port: int) -> bool:
+    """Whether the local replica on `port` finished its first sync (so it acknowledges WAIT)."""
+    try:
+        client = redis.Redis(port=port, socket_timeout=1.0, socket_connect_timeout=1.0)
+        with client:
+            return bool(client.info("replication").get("master_link_status") == "up")
     except redis.RedisError:
         return False
-    finally:
-        client.close()
+
+
+@dataclass(frozen=True)
+class SentinelLayout:
+    """A local primary, a replica and three Sentinels watching them (for `run --sentinel`
+    and the failover tests); every port on loopback."""
+
+    primary_port: int
+    replica_port: int
+    sentinel_ports: tuple[int, int, int]
+    master_name: str = "mymaster"
+    down_after_ms: int = 1000  # the Sentinels call the primary down after this much silence
+    failover_timeout_ms: int = 3000  # and a failed attempt is retried after twice this
+
+    @property
+    def redis_url(self) -> str:
+        """REDIS_URL in Celery's Sentinel form."""
+        return ";".join(f"sentinel://127.0.0.1:{port}" for port in self.sentinel_ports) + "/0"
+
+    def commands(self, data_dir: Path) -> dict[str, list[str]]:
+        """The five redis-server commands (AOF on both servers), writing Sentinel configs."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ConfigError(
+                "REDIS_URL", "redis-server is not on PATH: apt-get install redis-server"
+            )
+        commands: dict[str, list[str]] = {}
+        for name, port in (("primary", self.primary_port), ("replica", self.replica_port)):
+            where = data_dir / name
+            where.mkdir(parents=True, exist_ok=True)
+            commands[name] = [
+                binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(where),
+                "--appendonly", "yes", "--save", "", "--repl-diskless-sync-delay", "0",
+            ]  # fmt: skip
+        commands["replica"] += ["--replicaof", "127.0.0.1", str(self.primary_port)]
+        for i, port in enumerate(self.sentinel_ports):
+            where = data_dir / f"sentinel{i}"
+            where.mkdir(parents=True, exist_ok=True)
+            config = where / "sentinel.conf"  # Sentinels rewrite their config as they learn
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {where}\n"
+                f"sentinel monitor {self.master_name} 127.0.0.1 {self.primary_port} 2\n"
+                f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.master_name} 1\n"
+            )
+            commands[f"sentinel{i}"] = [binary, str(config), "--sentinel"]
+        return commands
 
 
 def redis_server_args(url: str, data_dir: Path) -> list[str]:
@@ -230,6 +290,7 @@ class RunOptions:
     """What `cancel-worker run` starts, and where."""
 
     data_dir: Path = Path(DEFAULT_DATA_DIR)
+    sentinel: bool = False  # a primary, a replica and three Sentinels instead of one Redis
     sandbox_port: int = DEFAULT_SANDBOX_PORT
     flower_port: int = DEFAULT_FLOWER_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
@@ -282,22 +343,53 @@ def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
 
 def run_stack(options: RunOptions) -> int:
     """Bring the whole stack up on this machine, print where to look, run until Ctrl-C."""
+    from worker.connection import is_sentinel_url
     from worker.sandbox import AdminClient, generate_keypair
-    from worker.settings import DEFAULT_REDIS_URL
+    from worker.settings import DEFAULT_REDIS_URL, redact_url
 
     env = dict(os.environ)
     env.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
+    layout = None
+    if is_sentinel_url(env["REDIS_URL"]) and (
+        options.sentinel or not redis_answers(env["REDIS_URL"])
+    ):
+        raise ConfigError(
+            "REDIS_URL",
+            f"{redact_url(env['REDIS_URL'])} names Sentinels that "
+            + ("--sentinel cannot start" if options.sentinel else "do not answer")
+            + "; `run --sentinel` starts its own from a redis:// URL's port",
+        )
+    if options.sentinel:
+        base = urlsplit(env["REDIS_URL"]).port or 6379
+        layout = SentinelLayout(base, base + 1, (base + 2, base + 3, base + 4))
+        env["REDIS_URL"] = layout.redis_url
     redis_url = env["REDIS_URL"]
     use_sandbox = not (env.get("COINSWITCH_API_KEY") and env.get("COINSWITCH_SECRET_KEY"))
     wanted = {"Flower": (options.flower_port, "--flower-port")}
     wanted["metrics"] = (options.metrics_port, "--metrics-port")
     if use_sandbox:
         wanted["the sandbox"] = (options.sandbox_port, "--sandbox-port")
+    if layout is not None:
+        wanted["the Redis primary"] = (layout.primary_port, "REDIS_URL")
+        wanted["the Redis replica"] = (layout.replica_port, "REDIS_URL")
+        for port in layout.sentinel_ports:
+            wanted[f"a Sentinel ({port})"] = (port, "REDIS_URL")
     check_ports(wanted)
     supervisor = Supervisor()
     lines: list[str] = []
     try:
-        if redis_answers(redis_url):
+        if layout is not None:
+            for name, command in layout.commands(options.data_dir / "sentinel").items():
+                supervisor.start(name, command, stop_last=True)
+            wait_until(lambda: redis_answers(redis_url), READY_TIMEOUT_S, "the Sentinels' primary")
+            wait_until(lambda: replica_in_sync(layout.replica_port), READY_TIMEOUT_S, "the replica")
+            lines += [
+                f"Redis       primary :{layout.primary_port}, replica :{layout.replica_port}, "
+                f"Sentinels {', '.join(map(str, layout.sentinel_ports))} (master "
+                f"{layout.master_name}; data in {options.data_dir}/sentinel)",
+                f"            try a failover: redis-cli -p {layout.primary_port} shutdown nosave",
+            ]
+        elif redis_answers(redis_url):
             lines.append(f"Redis       {redis_url} (already running)")
         else:
             redis_args = redis_server_args(redis_url, options.data_dir / "redis")
@@ -330,7 +422,8 @@ def run_stack(options: RunOptions) -> int:
                 f"Exchange    SANDBOX at {sandbox_url}: no COINSWITCH_API_KEY/SECRET_KEY set,",
                 "            so nothing reaches CoinSwitch. A demo order is open on it; from",
                 "            another shell (it needs only REDIS_URL):",
-                f"            REDIS_URL={redis_url} {_cli_hint()} cancel {demo['order_id']} --wait",
+                f"            REDIS_URL={shlex.quote(redis_url)} {_cli_hint()} cancel "
+                f"{demo['order_id']} --wait",
                 f"            (more: curl -s -XPOST {sandbox_url}/_sandbox/orders "
                 '-d \'{"symbol":"DOGEUSDT","side":"BUY","order_type":"LIMIT",'
                 '"quantity":"1","price":"0.1"}\')',

@@ -16,23 +16,26 @@ from worker.routing import follow
 from worker.scheduler import Scheduler
 from worker.services import Services
 
+LEASE_SLACK_MS = 500  # after a task's lease ends, before the sweeper looks at its order
 WAITING_RECHECK_S = 60.0  # the sweeper looks again this often at work waiting in line
 
 log = structlog.get_logger(__name__)
 
 
-def sweep(services: Services, scheduler: Scheduler, *, limit: int) -> int:
+def sweep(services: Services, scheduler: Scheduler, *, limit: int, ahead_ms: int = 0) -> int:
     """Put lost work back in line; return how many orders were re-queued.
 
     Every unfinished order is watched. When its watch time passes, the order is left alone
-    if it is final, waits in a line, or a task holds it (a lease); otherwise its turn was
+    if it is final, waits in a line, or a task holds it (looked at again when its lease
+    ends: a task that lost Redis mid-turn cannot release it); otherwise its turn was
     lost (a message dropped between BRPOP and kombu's bookkeeping when a worker was killed,
     celery/celery#7950, or a dispatcher died between handing a turn out and publishing it)
     and it joins the line for its next step. Duplicates are harmless: every turn checks the
-    record and its lease first.
+    record and its lease first. `ahead_ms` looks at work due that much later too (after a
+    failover, when a turn handed out just before it may have been lost with the old primary).
     """
     store, keys = services.store, services.keys
-    due = store.due(now_ms(), limit)
+    due = store.due(now_ms() + ahead_ms, limit)
     waiting_until = now_ms() + int(WAITING_RECHECK_S * 1000)
     requeued = sum(sweep_batch(services, i, waiting_until) for i in due if is_batch_id(i))
     ids = [i for i in due if not is_batch_id(i)]
@@ -43,14 +46,19 @@ def sweep(services: Services, scheduler: Scheduler, *, limit: int) -> int:
         for bucket in (Bucket.CANCEL, Bucket.STATUS):
             pipe.zscore(keys.room_ready(account, bucket), order_id)
             pipe.zscore(keys.room_later(account, bucket), order_id)
-        pipe.exists(keys.cancel_lease(order_id), keys.poll_lease(order_id))
+        pipe.pttl(keys.cancel_lease(order_id))
+        pipe.pttl(keys.poll_lease(order_id))
     found = pipe.execute()
     for i, (order_id, record) in enumerate(zip(ids, records, strict=True)):
         if record is None or record.is_final:
             store.unschedule(order_id)
             continue
-        if any(value is not None for value in found[i * 5 : i * 5 + 4]) or found[i * 5 + 4]:
+        places, leases = found[i * 6 : i * 6 + 4], found[i * 6 + 4 : i * 6 + 6]
+        if any(place is not None for place in places):
             store.schedule_check(order_id, waiting_until)
+            continue
+        if any(ttl != -2 for ttl in leases):  # a task holds it: look again when its lease ends
+            store.schedule_check(order_id, now_ms() + max(max(leases), 0) + LEASE_SLACK_MS)
             continue
         fresh = record.state is OrderState.QUEUED
         resend = fresh and not record.delete_in_flight and not record.cancel_accepted
