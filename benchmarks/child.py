@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import budget, mass_cancel, pipeline, scheduling, throughput
+from benchmarks import budget, deadman, failover, mass_cancel, pipeline, scheduling, throughput
 from benchmarks.common import exit_on_sigterm, quiet_logging
 
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "producer": throughput.run,
     "scheduling": scheduling.run,
     "mass_cancel": mass_cancel.run,
+    "deadman": deadman.run,
+    "failover": failover.run,
 }
 
 

@@ -29,6 +29,8 @@ BENCHMARKS: dict[str, tuple[float, float]] = {
     "producer": (180.0, 60.0),
     "scheduling": (480.0, 180.0),
     "mass_cancel": (720.0, 240.0),
+    "deadman": (300.0, 90.0),
+    "failover": (600.0, 150.0),
 }
 TERM_GRACE_S = 40.0  # a benchmark told to stop gets this long to stop its own workers
 
@@ -57,7 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="RESULTS_JSON",
         help="measure nothing: rewrite the report and plot from a saved results.json",
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure the --only benchmarks, then write the report from this saved "
+        "results.json with their entries replaced (every other benchmark's kept as it is)",
+    )
     args = parser.parse_args(argv)
+    if args.merge is not None and (args.render is not None or not args.only):
+        parser.error("--merge needs --only (the benchmarks to measure again), not --render")
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         md_path, plot_path = args.out_dir / "BENCHMARKS.md", args.out_dir / "plot.png"
@@ -71,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = json.loads(args.render.read_text())
     else:
         run = _measure(args.only or list(BENCHMARKS), smoke=args.smoke)
+        if args.merge is not None:
+            run = merge_runs(json.loads(args.merge.read_text()), run)
         plot_path.with_name("results.json").write_text(json.dumps(run, indent=1) + "\n")
     errors: dict[str, str] = dict(run["errors"])
     _print_tables(run["results"])
@@ -95,13 +108,17 @@ def _measure(names: list[str], *, smoke: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
     durations: dict[str, float] = {}
-    conditions: dict[str, dict[str, float]] = {}
+    conditions: dict[str, dict[str, Any]] = {}
     for name in names:
         full_s, smoke_s = BENCHMARKS[name]
         others = report.other_processes()
         if others:
             say(f"{name}: note: {others} other Celery / pytest processes are running")
-        conditions[name] = {"load_before": os.getloadavg()[0], "others": others}
+        conditions[name] = {
+            "load_before": os.getloadavg()[0],
+            "others": others,
+            "date": report.utc_now(),
+        }
         started = time.monotonic()
         say(f"{name}: starting ({'smoke' if smoke else 'full'})")
         try:
@@ -122,14 +139,35 @@ def _measure(names: list[str], *, smoke: bool) -> dict[str, Any]:
     }
 
 
+def merge_runs(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with the benchmarks `new` measured replaced by `new`'s figures, durations,
+    conditions (each with its date) and errors; the rest, and the machine, as saved."""
+    if bool(saved["smoke"]) != bool(new["smoke"]):
+        raise SystemExit("--merge: one run is a smoke run and the other is not")
+    fresh = set(new["durations"])
+    same = {k: v for k, v in saved["machine"].items() if k != "date"}
+    if same != {k: v for k, v in new["machine"].items() if k != "date"}:
+        say("merge: note: the saved run was measured on another machine or software versions")
+    for name in fresh:
+        new["conditions"][name].setdefault("date", new["machine"]["date"])
+
+    def merged(key: str) -> dict[str, Any]:
+        kept = {k: v for k, v in saved[key].items() if k not in fresh}
+        return {**kept, **new[key]}
+
+    keys = ("durations", "conditions", "errors", "results")
+    return {**saved, **{key: merged(key) for key in keys}}
+
+
 def _print_tables(results: dict[str, Any]) -> None:
     print()
     print(report.text_table(report.GOAL_HEADERS, report.goal_rows(report.goals(results))))
     if "budget" in results:
         print()
         print(report.text_table(report.BUDGET_HEADERS, report.budget_rows(results["budget"])))
-    print()
-    print(report.text_table(report.DETAIL_HEADERS, report.detail_rows(results)))
+    if report.detail_rows(results):
+        print()
+        print(report.text_table(report.DETAIL_HEADERS, report.detail_rows(results)))
     if "scheduling" in results:
         print()
         rows = report.scheduling_rows(results["scheduling"])
@@ -137,6 +175,14 @@ def _print_tables(results: dict[str, Any]) -> None:
     if "mass_cancel" in results:
         print()
         rows = report.mass_cancel_rows(results["mass_cancel"])
+        print(report.text_table(report.DETAIL_HEADERS, rows))
+    if "deadman" in results:
+        print()
+        rows = report.deadman_detail_rows(results["deadman"])
+        print(report.text_table(report.DETAIL_HEADERS, rows))
+    if "failover" in results:
+        print()
+        rows = report.failover_detail_rows(results["failover"])
         print(report.text_table(report.DETAIL_HEADERS, rows))
 
 

@@ -323,17 +323,20 @@ class ArrivalProbe:
     """Records when each request reaches the in-process sandbox, at sub-millisecond precision.
 
     The sandbox stamps arrivals in whole milliseconds; for latency we wrap its per-request
-    `stats.arrival` hook on this one instance to take `time.perf_counter()` as well.
+    `stats.arrival` hook on this one instance to take `clock()` as well (`time.perf_counter`
+    by default; `time.time` to compare with times taken elsewhere, e.g. Redis's clock).
     """
 
-    def __init__(self, sandbox: SandboxHandle) -> None:
+    def __init__(
+        self, sandbox: SandboxHandle, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self._cond = threading.Condition()
         self.times: dict[str, list[float]] = {}
         stats = sandbox.app.stats
         original = stats.arrival
 
         def arrival(endpoint: str, *args: Any, **kwargs: Any) -> Any:
-            at = time.perf_counter()
+            at = clock()
             with self._cond:
                 self.times.setdefault(endpoint, []).append(at)
                 self._cond.notify_all()

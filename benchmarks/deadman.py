@@ -1,0 +1,316 @@
+"""Benchmark 8: the dead man's switch, how late after its deadline the exchange hears it.
+
+A strategy arms a switch guarding one symbol with open orders (timeout 2 s, the least
+worker.deadman accepts), beats it every timeout ÷ 4 a few times (`heartbeat`), then goes
+silent. The trigger delay of a firing is the arrival at the sandbox of the cancel-all it
+sends minus its deadline (the last beat + the timeout). Goal: p99 ≤ 1 s.
+
+Anchor, measured in the same run and alternating with the firings: a cancel-all requested
+directly (`worker.producer.request_cancel_all`, urgent like the switch's) on another symbol,
+request → arrival at the sandbox. The firing's delay minus the anchor is what the switch
+adds over a strategy asking for the cancel-all itself at the deadline.
+
+Budgets: the cancel-all budget is 10/60s per key at the real limits; 20 firings and 20
+direct requests in about two minutes would go over it, so the workers
+(COINSWITCH_CANCEL_ALL_RATE_LIMIT) and the sandbox (cancel_all_limit) both run at 10/2s,
+and the status reads and order lists that confirm the cancelled orders at 20/2s. Each
+request is seconds after the one before, so no budget ever holds one back: the figures are
+the path's, not a limit's.
+
+One process: a redis-server, the sandbox in this process (so each arrival is stamped on the
+wall clock, sub-millisecond, beside the beats and Redis's own stamps), and `cancel-worker
+worker`'s two Celery workers (cancels -c 4, polls -c 8); each runs a dispatcher that watches
+the switches, and either may fire one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    ArrivalProbe,
+    BenchError,
+    Processes,
+    apply_env,
+    celery_worker_args,
+    percentile,
+    say,
+    service_env,
+    wait_until,
+    wait_workers_ready,
+)
+from tests.redis_server import redis_server
+from tests.support import place_orders
+from worker.sandbox import SandboxConfig, generate_keypair, run_sandbox
+
+TIMEOUT_S = 2.0  # worker.deadman.MIN_TIMEOUT_S: the shortest a switch may be armed for
+BEATS = 3  # heartbeats before the strategy goes silent
+BEAT_EVERY_S = TIMEOUT_S / 4  # as the README advises
+CANCEL_ALL_RATE = "10/2s"  # workers and sandbox: 40 cancel-alls in ~2 min fit, never wait
+CANCEL_RATE = "10/2s"
+STATUS_RATE = "20/2s"
+LIST_RATE = "20/2s"  # Open and Closed Orders, each
+CONFIRM_DELAY_MS = 200
+ORDERS_PER_REQUEST = 3  # open on the symbol each cancel-all covers
+SWITCH_SYMBOL = "BTCUSDT"
+DIRECT_SYMBOL = "ETHUSDT"  # the anchor's: its cancel-alls never touch the switch's orders
+CANCEL_CONCURRENCY = 4  # `cancel-worker worker`'s defaults
+POLL_CONCURRENCY = 8
+ARRIVAL_TIMEOUT_S = 10.0  # a cancel-all not at the sandbox this long after it was due
+FINAL_TIMEOUT_S = 60.0  # every order's final record, after the last round
+GOAL_P99_MS = 1000.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many measured rounds (one direct cancel-all, one firing) and warm-ups."""
+
+    rounds: int
+    warmups: int
+
+
+FULL = Sizes(rounds=20, warmups=1)
+SMOKE = Sizes(rounds=5, warmups=1)
+
+
+def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
+    """Warm-ups, then rounds of (a direct cancel-all, a firing); the figures."""
+    sizes = SMOKE if smoke else FULL
+    api_key, secret_key = generate_keypair()
+    config = SandboxConfig(
+        cancel_limit=CANCEL_RATE,
+        status_limit=STATUS_RATE,
+        list_limit=LIST_RATE,
+        cancel_all_limit=CANCEL_ALL_RATE,
+        confirm_delay_ms=CONFIRM_DELAY_MS,
+    )
+    procs = Processes(work_dir)
+    with ExitStack() as stack:
+        redis_url = stack.enter_context(redis_server())
+        sandbox = stack.enter_context(run_sandbox(config, api_keys=[api_key]))
+        env = service_env(
+            redis_url=redis_url,
+            sandbox_url=sandbox.url,
+            api_key=api_key,
+            secret_key=secret_key,
+            cancel_rate=CANCEL_RATE,
+            status_rate=STATUS_RATE,
+            COINSWITCH_ACCOUNTS="",
+            COINSWITCH_CANCEL_ALL_RATE_LIMIT=CANCEL_ALL_RATE,
+            COINSWITCH_OPEN_ORDERS_RATE_LIMIT=LIST_RATE,
+            COINSWITCH_CLOSED_ORDERS_RATE_LIMIT=LIST_RATE,
+        )
+        apply_env(env)
+        from worker.celery_app import app
+        from worker.keys import CANCEL_QUEUE, POLL_QUEUE
+
+        stack.callback(procs.stop_all)  # before the sandbox and Redis stop
+        worker_env = {**os.environ, **env}
+        for name, queue, threads in (
+            ("cancels", CANCEL_QUEUE, CANCEL_CONCURRENCY),
+            ("polls", POLL_QUEUE, POLL_CONCURRENCY),
+        ):
+            procs.start(name, celery_worker_args("worker", queue, name, threads), worker_env)
+        wait_workers_ready(app, ["cancels", "polls"], procs)
+        bench = _Bench(sandbox.admin, ArrivalProbe(sandbox, clock=time.time))
+        for i in range(sizes.warmups + sizes.rounds):
+            measured = i >= sizes.warmups
+            say(f"deadman: round {i + 1} of {sizes.warmups + sizes.rounds}"
+                + ("" if measured else " (warm-up)"))  # fmt: skip
+            direct = bench.direct(i)
+            firing = bench.firing(i)
+            if measured:
+                bench.direct_ms.append(direct)
+                bench.firings.append(firing)
+        outcome = bench.outcome()
+        alive = sum(procs.procs[name].poll() is None for name in ("cancels", "polls"))
+    return summarise(bench.firings, bench.direct_ms, outcome, sizes, workers_alive=alive)
+
+
+class _Bench:
+    """The run's sandbox, its arrival probe, and what was requested and measured so far."""
+
+    def __init__(self, admin: Any, probe: ArrivalProbe) -> None:
+        self.admin = admin
+        self.probe = probe
+        self.direct_ms: list[float] = []
+        self.firings: list[dict[str, float]] = []
+        self.orders: list[str] = []
+        self.batches: dict[str, list[str]] = {}  # batch id → the orders open when it was sent
+
+    def _place(self, symbol: str) -> list[str]:
+        ids = place_orders(self.admin, ORDERS_PER_REQUEST, symbol=symbol)
+        self.orders += ids
+        return ids
+
+    def _next_arrival(self, seen: int, timeout_s: float) -> float:
+        """The wall time (s) the next cancel-all after the `seen` so far reached the sandbox."""
+        return self.probe.wait_for("cancel_all", seen + 1, timeout_s)
+
+    def direct(self, index: int) -> float:
+        """The anchor: request → arrival of a cancel-all asked for directly (ms)."""
+        from worker.producer import request_cancel_all
+
+        ids = self._place(DIRECT_SYMBOL)
+        seen = self.probe.count("cancel_all")
+        requested = time.time()
+        batch = request_cancel_all(symbol=DIRECT_SYMBOL, priority="urgent")
+        arrived = self._next_arrival(seen, ARRIVAL_TIMEOUT_S)
+        self.batches[batch.batch_id] = ids
+        _wait_answered(batch.batch_id, f"direct cancel-all {index}")
+        return (arrived - requested) * 1000
+
+    def firing(self, index: int) -> dict[str, float]:
+        """Arm, beat, fall silent; the trigger delay and where it went (ms)."""
+        from worker.deadman import arm_deadman, heartbeat
+
+        ids = self._place(SWITCH_SYMBOL)
+        name = f"bench-{index}"
+        seen = self.probe.count("cancel_all")
+        arm_deadman(name, TIMEOUT_S, [SWITCH_SYMBOL])
+        beat_at = beat_rtt = math.nan
+        for _ in range(BEATS):
+            time.sleep(BEAT_EVERY_S)
+            beat_at = time.time()
+            heartbeat(name)  # SwitchTripped here would be a switch that fired early
+            beat_rtt = time.time() - beat_at
+        deadline = beat_at + TIMEOUT_S
+        arrived = self._next_arrival(seen, TIMEOUT_S + ARRIVAL_TIMEOUT_S)
+        switch = _wait_tripped(name)
+        if len(switch["batches"]) != 1:
+            raise BenchError(f"switch {name} sent {switch['batches']}, not one cancel-all")
+        self.batches[switch["batches"][0]] = ids
+        _wait_answered(switch["batches"][0], f"firing {index}")
+        deadline_ms = deadline * 1000
+        return {
+            "delay_ms": (arrived - deadline) * 1000,
+            # Redis's stamps (whole ms, the same wall clock): when a dispatcher claimed the
+            # expired switch (`fired_at`), when its cancel-all was in line (`tripped_at`).
+            "claim_ms": switch["fired_at"] - deadline_ms,
+            "trip_ms": switch["tripped_at"] - switch["fired_at"],
+            "send_ms": arrived * 1000 - switch["tripped_at"],
+            "beat_rtt_ms": beat_rtt * 1000,
+        }
+
+    def outcome(self) -> dict[str, Any]:
+        """After the last round: every order final and as the exchange says, the batches
+        named the orders that were open, calls and 429s per endpoint."""
+        from worker.producer import get_batch, get_records
+
+        def finals() -> list[Any] | None:
+            records = get_records(self.orders)
+            return records if all(r is not None and r.is_final for r in records) else None
+
+        records = wait_until(finals, FINAL_TIMEOUT_S, f"{len(self.orders)} final records")
+        truth = {i: self.admin.order(i)["order"]["status"] for i in self.orders}
+        states = {r.order_id: r.state.value for r in records}
+        batches_match = 0
+        for batch_id, ids in self.batches.items():
+            batch = get_batch(batch_id)
+            batches_match += batch is not None and sorted(batch.orders_ids) == sorted(ids)
+        endpoints = self.admin.stats()["endpoints"]
+        return {
+            "orders": len(self.orders),
+            "match_truth": sum(states.get(i) == status for i, status in truth.items()),
+            "final_states": dict(Counter(states.values())),
+            "batches": len(self.batches),
+            "batches_match": batches_match,
+            "calls": {name: int(e["requests"]) for name, e in endpoints.items()},
+            "rate_limited": {name: int(e["rate_limited"]) for name, e in endpoints.items()},
+        }
+
+
+def _switch_fields(name: str) -> dict[str, str]:
+    from worker.services import get_services
+
+    services = get_services()
+    fields: dict[str, str] = services.redis.hgetall(services.keys.deadman(name))
+    return fields
+
+
+def _wait_tripped(name: str) -> dict[str, Any]:
+    """The fired switch's Redis stamps and batches, once it is TRIPPED."""
+    fields = wait_until(
+        lambda: (f := _switch_fields(name)).get("state") == "TRIPPED" and f,
+        ARRIVAL_TIMEOUT_S,
+        f"switch {name} to be TRIPPED",
+    )
+    return {
+        "fired_at": int(fields["fired_at"]),
+        "tripped_at": int(fields["tripped_at"]),
+        "batches": [b for b in fields.get("batches", "").split(",") if b],
+    }
+
+
+def _wait_answered(batch_id: str, what: str) -> None:
+    """Until the cancel-all's answer is recorded (ACCEPTED or later), so the next round's
+    orders are placed after it and it cannot cover them."""
+    from worker.models import BatchState
+    from worker.producer import get_batch
+
+    def answered() -> bool:
+        batch = get_batch(batch_id)
+        return batch is not None and batch.state not in (BatchState.QUEUED, BatchState.UNCONFIRMED)
+
+    wait_until(answered, ARRIVAL_TIMEOUT_S, f"{what}: the cancel-all's answer")
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50_ms": percentile(values, 50),
+        "p99_ms": percentile(values, 99),
+        "max_ms": max(values, default=math.nan),
+        "min_ms": min(values, default=math.nan),
+    }
+
+
+def summarise(
+    firings: list[dict[str, float]],
+    direct_ms: list[float],
+    outcome: dict[str, Any],
+    sizes: Sizes,
+    *,
+    workers_alive: int,
+) -> dict[str, Any]:
+    """Percentiles of the trigger delay, of its parts, of the anchor; ratios to the anchor."""
+    delays = [f["delay_ms"] for f in firings]
+    delay, direct = _stats(delays), _stats(direct_ms)
+    return {
+        "timeout_s": TIMEOUT_S,
+        "beats": BEATS,
+        "beat_every_s": BEAT_EVERY_S,
+        "rounds": sizes.rounds,
+        "warmups": sizes.warmups,
+        "orders_per_request": ORDERS_PER_REQUEST,
+        "limits": {
+            "cancel_all": CANCEL_ALL_RATE,
+            "cancel": CANCEL_RATE,
+            "status": STATUS_RATE,
+            "list": LIST_RATE,
+        },
+        "confirm_delay_ms": CONFIRM_DELAY_MS,
+        "workers": 2,
+        "workers_alive": workers_alive,
+        "goal_p99_ms": GOAL_P99_MS,
+        "firings": firings,
+        "direct_ms": direct_ms,
+        "delay": delay,
+        "direct": direct,
+        "parts_p50_ms": {
+            part: percentile([f[part] for f in firings], 50)
+            for part in ("claim_ms", "trip_ms", "send_ms", "beat_rtt_ms")
+        },
+        "early": sum(d < 0 for d in delays),
+        "added_p50_ms": delay["p50_ms"] - direct["p50_ms"],
+        "p99_over_direct_p99": delay["p99_ms"] / direct["p99_ms"],
+        "p50_over_direct_p50": delay["p50_ms"] / direct["p50_ms"],
+        **outcome,
+    }
