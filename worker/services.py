@@ -100,8 +100,12 @@ class Services:
         return self._scheduler(self.local_accounts())
 
     def observer(self) -> Scheduler:
-        """A read-only view of every account workers registered, plus this process's own."""
-        return self._scheduler({**registered(self.redis, self.keys), **self.local_accounts()})
+        """A read-only view of every account workers registered, plus this process's own.
+
+        Where both know an account, the workers' entry wins: they enforce its budgets, so a
+        producer configured with other rates (or another key) must not hand out turns by them.
+        """
+        return self._scheduler({**self.local_accounts(), **registered(self.redis, self.keys)})
 
     def known_accounts(self) -> Scheduler:
         """`observer()`, re-read at most every REGISTRY_CACHE_S (for producers)."""
