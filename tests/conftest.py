@@ -22,7 +22,7 @@ import redis
 
 from tests import support
 from tests.redis_server import free_port, redis_server
-from tests.support import stop_process
+from tests.support import stop_process, stop_processes
 from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
 
 WORKER_START_TIMEOUT_S = 30.0
@@ -220,5 +220,4 @@ def own_workers(
     try:
         yield start
     finally:
-        for proc in started:
-            stop_process(proc)
+        stop_processes(started)

@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 
 from tests.redis_server import redis_server
-from tests.support import ROOT, start_worker, stop_process
+from tests.support import ROOT, start_worker, stop_processes
 from worker.keys import Keys
 from worker.log import configure_logging
 from worker.models import FINAL_STATES, CancelRecord
@@ -143,8 +143,7 @@ def run_soak(
             records = _wait_final(client, order_ids, FINAL_TIMEOUT_S)
             seconds = time.monotonic() - started
         finally:
-            for proc in procs:
-                stop_process(proc)
+            stop_processes(procs)
         sandbox.admin.configure(error_rate=0.0, timeout_rate=0.0, malformed_rate=0.0)
         return _report(sandbox.admin, order_ids, records, workers, seconds)
 

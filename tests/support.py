@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,10 +57,18 @@ def start_worker(
 
 def stop_process(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM (a Celery worker's warm shutdown), then kill after STOP_TIMEOUT_S."""
-    if proc.poll() is None:
+    stop_processes([proc])
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]]) -> None:
+    """Stop several at once: SIGTERM to all, then wait for each (kill after STOP_TIMEOUT_S)."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
         proc.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for proc in running:
         try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)

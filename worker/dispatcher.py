@@ -120,10 +120,11 @@ class Dispatcher:
         log.info("dispatcher.started", accounts=sorted(self.scheduler.accounts))
 
     def stop(self) -> None:
-        """Stop both threads (turns already published are the workers' to finish)."""
+        """Stop both threads (turns already published are the workers' to finish). Only the
+        loop is waited for: the listener holds nothing and ends after its blocking pop."""
         self._stopping.set()
         self._wake.set()
-        for thread in self._threads:
+        for thread in self._threads[:1]:  # the loop
             thread.join(STOP_TIMEOUT_S)
 
     def run_once(self) -> float | None:
