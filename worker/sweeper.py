@@ -10,7 +10,7 @@ import structlog
 
 from worker.cancellation import Move, Step
 from worker.mass_cancel import sweep_batch
-from worker.models import Bucket, OrderState, is_batch_id
+from worker.models import Bucket, CancelRecord, OrderState, is_batch_id
 from worker.records import now_ms
 from worker.routing import follow
 from worker.scheduler import Scheduler
@@ -20,6 +20,15 @@ LEASE_SLACK_MS = 500  # after a task's lease ends, before the sweeper looks at i
 WAITING_RECHECK_S = 60.0  # the sweeper looks again this often at work waiting in line
 
 log = structlog.get_logger(__name__)
+
+
+def put_back(services: Services, scheduler: Scheduler, record: CancelRecord) -> None:
+    """Put an unfinished order whose turn was lost back in line for its next step: its
+    DELETE if none may have been sent, else a status read (which decides the rest)."""
+    fresh = record.state is OrderState.QUEUED
+    resend = fresh and not record.delete_in_flight and not record.cancel_accepted
+    follow(services, scheduler, record.order_id, Step(Move.CANCEL if resend else Move.CHECK))
+    services.store.schedule_check(record.order_id, now_ms() + services.watch_grace_ms)
 
 
 def sweep(services: Services, scheduler: Scheduler, *, limit: int, ahead_ms: int = 0) -> int:
@@ -60,10 +69,7 @@ def sweep(services: Services, scheduler: Scheduler, *, limit: int, ahead_ms: int
         if any(ttl != -2 for ttl in leases):  # a task holds it: look again when its lease ends
             store.schedule_check(order_id, now_ms() + max(max(leases), 0) + LEASE_SLACK_MS)
             continue
-        fresh = record.state is OrderState.QUEUED
-        resend = fresh and not record.delete_in_flight and not record.cancel_accepted
-        follow(services, scheduler, order_id, Step(Move.CANCEL if resend else Move.CHECK))
-        store.schedule_check(order_id, now_ms() + services.watch_grace_ms)
+        put_back(services, scheduler, record)
         log.warning("sweep.requeued", order_id=order_id, state=record.state.value)
         requeued += 1
     return requeued

@@ -53,9 +53,11 @@ from worker.producer import create_batch, enqueue
 from worker.records import now_ms
 from worker.routing import follow
 from worker.services import Services, get_services
-from worker.sweeper import sweep
+from worker.sweeper import put_back, sweep
 
 REDIS_RETRY_PAUSE_S = 1.0  # pause before handing a message back after a Redis failure
+REDIS_RECOVER_S = 15.0  # a task that lost Redis mid-turn waits this long for it (a failover)
+REDIS_PING_PAUSE_S = 0.25  # between its pings meanwhile
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +139,32 @@ def _redis_down(exc: Exception) -> NoReturn:
     raise Reject(exc, requeue=True)
 
 
+def _turn_lost_to_redis(services: Services, task: Any, message: Message, exc: Exception) -> str:
+    """Redis failed mid-turn (its primary lost, say). Wait for it to answer again (a new
+    primary), then free this task's lease and put the order back in line at once: left
+    held, the order would wait out its lease and the sweeper. Still down: `_redis_down`."""
+    log.warning("task.redis_unavailable", error=str(exc))
+    deadline = time.monotonic() + REDIS_RECOVER_S
+    while time.monotonic() < deadline:
+        try:
+            services.redis.ping()
+        except redis.RedisError:
+            time.sleep(REDIS_PING_PAUSE_S)
+            continue
+        try:
+            keys, owner = services.keys, _owner(task)
+            for lease in (keys.cancel_lease(message.order_id), keys.poll_lease(message.order_id)):
+                services.leases.release(lease, owner)
+            record = services.store.get(message.order_id)
+            if record is not None and not record.is_final:
+                put_back(services, services.scheduler, record)
+        except (redis.RedisError, OperationalError):
+            break
+        log.info("task.redis_back", put_back=record is not None and not record.is_final)
+        return "redis_back"
+    _redis_down(exc)
+
+
 def _take_request(services: Services, message: Message, *, poll: bool) -> str:
     """A message sent by name: record the order (a cancel) or queue a status read (a poll)."""
     if not poll:
@@ -186,7 +214,9 @@ def _run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, poll: bool
             _dead_letter(task, exc)
             return "dead_letter"
         except (redis.RedisError, OperationalError) as exc:
-            _redis_down(exc)
+            if message.turn is None:
+                _redis_down(exc)
+            return _turn_lost_to_redis(services, task, message, exc)
         except Exception as exc:  # recorded as UNCONFIRMED and re-checked, never lost
             log.exception("task.unexpected_error", error=str(exc))
             try:
