@@ -125,7 +125,8 @@ def test_accounts_have_budgets_of_their_own(fleet: None, exchange: SandboxHandle
 def test_status_shows_place_and_expected_send(fleet: None, exchange: SandboxHandle) -> None:
     """For a cancel waiting in line, `status` shows its place and expected send time, and
     `limits` how long the line takes to drain."""
-    order_ids = place_orders(exchange.admin, 25)
+    # 50 take ~8 s to drain at 10/2s: the line is still long after three CLI start-ups.
+    order_ids = place_orders(exchange.admin, 50)
     request_cancels(order_ids)
     last = order_ids[-1]
     result = cli("status", last, "--json")
