@@ -78,7 +78,7 @@ class Sizes:
 
 
 FULL = Sizes(rounds=20, warmups=1)
-SMOKE = Sizes(rounds=5, warmups=1)
+SMOKE = Sizes(rounds=3, warmups=1)
 
 
 def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class Sizes:
 
 
 FULL = Sizes(failovers=5, orders=40)
-SMOKE = Sizes(failovers=1, orders=40)
+SMOKE = Sizes(failovers=1, orders=20)
 
 
 def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
