@@ -204,17 +204,22 @@ def own_workers(
     """
     session_worker.stop()
     started: list[subprocess.Popen[bytes]] = []
+    unready: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(
         name: str,
         *,
         queues: str = "cancels,polls",
         extra_env: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> subprocess.Popen[bytes]:
+        """Start a worker; wait until it (and any started with wait=False) consumes."""
         proc = start_worker(name, log_dir, queues=queues, extra_env=extra_env)
         started.append(proc)
         if not extra_env or "REDIS_URL" not in extra_env:
-            wait_worker_ready(name, proc)
+            unready.append((name, proc))
+        while wait and unready:  # a fleet starts together, then is waited for once
+            wait_worker_ready(*unready.pop(0))
         return proc
 
     try:

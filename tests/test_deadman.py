@@ -155,10 +155,9 @@ def guarded(own_workers: Callable[..., Any], request: pytest.FixtureRequest) -> 
             f"COINSWITCH_{account.upper()}_API_KEY": api_key,
             f"COINSWITCH_{account.upper()}_SECRET_KEY": secret_key,
         }
-        workers = [
-            own_workers(f"dm{i}", queues=f"{CANCEL_QUEUE},{POLL_QUEUE}", extra_env=env)
-            for i in range(2)
-        ]
+        queues = f"{CANCEL_QUEUE},{POLL_QUEUE}"
+        workers = [own_workers("dm0", queues=queues, extra_env=env, wait=False)]
+        workers.append(own_workers("dm1", queues=queues, extra_env=env))
         yield Guarded(sandbox, api_key, account, workers)
 
 

@@ -39,7 +39,7 @@ def test_strict_window_max_counts_like_the_exchange() -> None:
 @pytest.fixture
 def fleet(own_workers: Callable[..., Any], exchange: SandboxHandle) -> list[Any]:
     """Three cancel-only worker processes and one poll worker, as on separate hosts."""
-    procs = [own_workers(f"fleet{i}", queues=CANCEL_QUEUE) for i in range(FLEET_SIZE)]
+    procs = [own_workers(f"fleet{i}", queues=CANCEL_QUEUE, wait=False) for i in range(FLEET_SIZE)]
     own_workers("fleetpolls", queues=POLL_QUEUE)
     return procs
 
@@ -146,7 +146,7 @@ def test_waiting_in_line_holds_nothing_and_costs_nothing(
     Redis work follows the requests sent, not the number waiting."""
     slow = {"COINSWITCH_CANCEL_RATE_LIMIT": "1/1s"}
     for i in range(FLEET_SIZE):
-        own_workers(f"slow{i}", queues=CANCEL_QUEUE, extra_env=slow)
+        own_workers(f"slow{i}", queues=CANCEL_QUEUE, extra_env=slow, wait=False)
     own_workers("slowpolls", queues=POLL_QUEUE, extra_env=slow)
     order_ids = place_many(exchange, 20)
     request_cancels(order_ids)

@@ -97,7 +97,7 @@ def make_desk(
                 "COINSWITCH_OPEN_ORDERS_RATE_LIMIT": "20/60s",
                 "COINSWITCH_CLOSED_ORDERS_RATE_LIMIT": "20/60s",
             }
-            own_workers("masscancels", queues=CANCEL_QUEUE, extra_env=env)
+            own_workers("masscancels", queues=CANCEL_QUEUE, extra_env=env, wait=False)
             own_workers("masspolls", queues=POLL_QUEUE, extra_env=env)
             return Desk(handle, api_key, account)
 

@@ -66,8 +66,8 @@ def test_killed_poll_worker_loses_nothing(
     """SIGKILL a worker holding polls: every order ends final once, with one DELETE."""
     exchange.admin.configure(confirm_delay_ms=2500)
     try:
-        own_workers("rcancels", queues=CANCEL_QUEUE)
-        victim = own_workers("rpolls0", queues=POLL_QUEUE)
+        own_workers("rcancels", queues=CANCEL_QUEUE, wait=False)
+        victim = own_workers("rpolls0", queues=POLL_QUEUE, wait=False)
         own_workers("rpolls1", queues=POLL_QUEUE)
         order_ids = place_many(exchange, 16)
         request_cancels(order_ids)

@@ -34,7 +34,7 @@ JITTER_MS = 150
 def fleet(own_workers: Callable[..., Any], exchange: SandboxHandle) -> None:
     """Three cancel worker processes and one for polls, as on separate hosts."""
     for i in range(3):
-        own_workers(f"sched{i}", queues=CANCEL_QUEUE)
+        own_workers(f"sched{i}", queues=CANCEL_QUEUE, wait=False)
     own_workers("schedpolls", queues=POLL_QUEUE)
 
 
