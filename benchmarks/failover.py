@@ -62,7 +62,7 @@ from benchmarks.common import (
     service_env,
     wait_until,
 )
-from tests.redis_server import free_port
+from tests.redis_server import free_ports
 from tests.support import place_orders
 from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
 from worker.stack import SentinelLayout
@@ -223,7 +223,7 @@ def _layout_ready(layout: SentinelLayout) -> bool:
 
 def measure(sizes: Sizes, log_dir: Path) -> dict[str, Any]:
     """Start the layout, the sandbox and the fleet; kill the primary mid-work; the figures."""
-    ports = [free_port() for _ in range(5)]
+    ports = free_ports(5)
     layout = SentinelLayout(ports[0], ports[1], (ports[2], ports[3], ports[4]))
     api_key, secret_key = generate_keypair()
     config = SandboxConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: Below Linux's ephemeral range (32768-60999): a client's outgoing connection cannot take
+#: one of these between the check and the server's bind (a replica once failed to bind so).
+FIXED_PORTS = range(20000, 32000)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` consecutive ports on 127.0.0.1, outside the ephemeral range, free to bind."""
+    span = len(FIXED_PORTS) - count
+    start = (os.getpid() * 7919 + time.monotonic_ns() // 1000) % span  # apart across runs
+    for step in range(0, span, count):
+        base = FIXED_PORTS[0] + (start + step) % span
+        if all(_bindable(base + i) for i in range(count)):
+            return list(range(base, base + count))
+    raise RuntimeError(f"no {count} consecutive free ports in {FIXED_PORTS}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class RedisServer:

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from tests.conftest import API_KEY, SECRET_KEY, SERVICE_ENV
-from tests.redis_server import free_port
+from tests.redis_server import free_ports
 from tests.support import ROOT, place_orders, wait_for
 from worker.connection import connect_redis
 from worker.keys import Keys
@@ -96,7 +96,7 @@ class HA:
 @pytest.fixture
 def ha(tmp_path: Path) -> Iterator[HA]:
     """A primary, a replica and three Sentinels that agree on them."""
-    ports = [free_port() for _ in range(5)]
+    ports = free_ports(5)
     layout = SentinelLayout(ports[0], ports[1], (ports[2], ports[3], ports[4]))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for name, command in layout.commands(tmp_path / "ha").items():

@@ -24,7 +24,7 @@ import requests
 import yaml
 
 from tests.conftest import SERVICE_ENV
-from tests.redis_server import free_port
+from tests.redis_server import free_port, free_ports
 from tests.support import ROOT, wait_for
 from worker.sandbox import SandboxHandle
 
@@ -210,15 +210,6 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
     assert "CRITICAL" not in shutdown and "Traceback" not in shutdown, shutdown[-3000:]
 
 
-def five_free_ports() -> int:
-    """A port p with p..p+4 all free (run --sentinel's primary, replica and Sentinels)."""
-    for _ in range(50):
-        base = free_port()
-        if base + 4 < 65536 and all(port_is_free(base + i) for i in range(1, 5)):
-            return base
-    raise AssertionError("no five consecutive free ports")
-
-
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
@@ -227,7 +218,7 @@ def port_is_free(port: int) -> bool:
 def test_run_sentinel_serves_through_a_primary_a_replica_and_three_sentinels() -> None:
     """`run --sentinel`: a primary, a replica and three Sentinels; the demo command, with
     the Sentinel REDIS_URL it prints, cancels the order; Ctrl-C leaves nothing behind."""
-    base = five_free_ports()
+    base = free_ports(5)[0]
     with running(f"redis://127.0.0.1:{base}/0", "--sentinel") as started:
         proc, output = started["proc"], started["output"]
         sentinel_url = ";".join(f"sentinel://127.0.0.1:{base + i}" for i in (2, 3, 4)) + "/0"
