@@ -16,7 +16,7 @@ import redis
 
 from worker.keys import Keys
 from worker.models import BatchRecord, BatchState, Bucket, Priority
-from worker.records import DEFAULT_EVENTS_MAXLEN, now_ms
+from worker.records import DEFAULT_EVENTS_MAXLEN, update_stored
 from worker.scheduler import LIBRARY, budget_id, room_keys
 
 #: Create a batch record with its event and sweeper watch, and put it in line for a turn.
@@ -121,34 +121,21 @@ class BatchStore:
 
     def update(self, batch_id: str, change: BatchChange) -> BatchRecord | None:
         """Apply `change` atomically; publish an event if the state moved; return the result."""
-        key = self.keys.batch(batch_id)
-        result: list[BatchRecord | None] = [None]
 
-        def attempt(pipe: Any) -> None:
-            raw = pipe.get(key)
-            if raw is None:
-                return
-            current = BatchRecord.from_dict(json.loads(raw))
-            changed = change(BatchRecord.from_dict(current.to_dict()))
-            result[0] = current
-            if changed is None:
-                return
-            at = now_ms()
-            changed.updated_at = at
-            if changed.state != current.state:
-                changed.history.append({"state": changed.state.value, "at": at})
-                if changed.is_final:
-                    changed.final_at = at
-            pipe.multi()
-            pipe.set(key, json.dumps(changed.to_dict()), ex=self.ttl_s)
+        def alongside(pipe: Any, current: BatchRecord, changed: BatchRecord, at: int) -> None:
             if changed.is_final:
                 pipe.zrem(self.keys.due, batch_id)
             if changed.state != current.state:
                 self._publish(pipe, changed, current.state)
-            result[0] = changed
 
-        self.client.transaction(attempt, key)
-        return result[0]
+        return update_stored(
+            self.client,
+            self.keys.batch(batch_id),
+            BatchRecord.from_dict,
+            change,
+            ttl_s=self.ttl_s,
+            alongside=alongside,
+        )
 
     def transition(self, batch_id: str, state: BatchState, **fields: Any) -> BatchRecord | None:
         """Move a batch to `state` (a final batch is left alone); return what is stored."""

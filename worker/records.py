@@ -7,10 +7,11 @@ it. Every state change is appended to a Redis Stream in the same transaction.
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import redis
 
@@ -94,6 +95,68 @@ Change = Callable[[CancelRecord], CancelRecord | None]
 def now_ms() -> int:
     """Wall-clock Unix time in milliseconds, the unit of every record timestamp."""
     return time.time_ns() // 1_000_000
+
+
+class Stored(Protocol):
+    """What `update_stored` needs of a record (CancelRecord, BatchRecord)."""
+
+    updated_at: int
+    final_at: int | None
+    history: list[dict[str, Any]]
+
+    @property
+    def state(self) -> enum.StrEnum: ...
+
+    @property
+    def is_final(self) -> bool: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+StoredT = TypeVar("StoredT", bound=Stored)
+
+
+def update_stored(
+    client: redis.Redis,
+    key: str,
+    parse: Callable[[dict[str, Any]], StoredT],
+    change: Callable[[StoredT], StoredT | None],
+    *,
+    ttl_s: int,
+    alongside: Callable[[Any, StoredT, StoredT, int], None],
+) -> StoredT | None:
+    """Apply `change` to the JSON record at `key` in one WATCH transaction.
+
+    The change gets a copy; what it returns is stamped (update time, state history, final
+    time) and stored, with whatever `alongside(pipe, current, changed, at)` queues in the same
+    transaction. Returns what is stored: the change, the unchanged record if it returned
+    None, or None if there is no record.
+    """
+    result: list[StoredT | None] = [None]
+
+    def attempt(pipe: Any) -> None:
+        raw = pipe.get(key)
+        if raw is None:
+            result[0] = None
+            return
+        current = parse(json.loads(raw))
+        changed = change(parse(current.to_dict()))
+        result[0] = current
+        if changed is None:
+            return
+        at = now_ms()
+        changed.updated_at = at
+        if changed.state != current.state:
+            changed.history.append({"state": changed.state.value, "at": at})
+            if changed.is_final:
+                changed.final_at = at
+        pipe.multi()
+        pipe.set(key, json.dumps(changed.to_dict()), ex=ttl_s)
+        alongside(pipe, current, changed, at)
+        result[0] = changed
+
+    client.transaction(attempt, key)
+    return result[0]
 
 
 class RecordStore:
@@ -223,27 +286,8 @@ class RecordStore:
 
     def update(self, order_id: str, change: Change) -> CancelRecord | None:
         """Apply `change` atomically; publish an event if the state moved; return the result."""
-        key = self.keys.record(order_id)
-        result: list[CancelRecord | None] = [None]
 
-        def attempt(pipe: Any) -> None:
-            raw = pipe.get(key)
-            if raw is None:
-                result[0] = None
-                return
-            current = CancelRecord.from_dict(json.loads(raw))
-            changed = change(CancelRecord.from_dict(current.to_dict()))
-            result[0] = current
-            if changed is None:
-                return
-            at = now_ms()
-            changed.updated_at = at
-            if changed.state != current.state:
-                changed.history.append({"state": changed.state.value, "at": at})
-                if changed.is_final:
-                    changed.final_at = at
-            pipe.multi()
-            pipe.set(key, json.dumps(changed.to_dict()), ex=self.ttl_s)
+        def alongside(pipe: Any, current: CancelRecord, changed: CancelRecord, at: int) -> None:
             if changed.is_final:
                 pipe.zrem(self.keys.due, order_id)
                 pipe.zrem(self.keys.confirm(changed.account), order_id)
@@ -259,10 +303,15 @@ class RecordStore:
                 pipe.hincrby(self.keys.state_counts, changed.state.value, 1)
                 if changed.is_final:
                     self._observe_time_to_final(pipe, at - changed.requested_at)
-            result[0] = changed
 
-        self.client.transaction(attempt, key)
-        final = result[0]
+        final = update_stored(
+            self.client,
+            self.keys.record(order_id),
+            CancelRecord.from_dict,
+            change,
+            ttl_s=self.ttl_s,
+            alongside=alongside,
+        )
         if final is not None and final.is_final and final.batch_id and self.on_batch_order_final:
             self.on_batch_order_final(final.batch_id)
         return final
