@@ -1,4 +1,7 @@
 PYTHON ?= python3
+# Test processes: the suite mostly waits (on budgets, workers, the network), so more
+# processes than cores pay; each has its own redis-server, sandbox and ports.
+TEST_PROCESSES ?= 4
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -34,7 +37,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install lint redis-server promtool
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES)
 
 run: install redis-server
 	$(BIN)/cancel-worker run

@@ -27,7 +27,23 @@ from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_s
 
 WORKER_START_TIMEOUT_S = 30.0
 
-_GIVEN_REDIS_URL = os.environ.get("REDIS_URL")
+#: The user's REDIS_URL, if any. pytest-xdist workers inherit the controller's environment,
+#: where this module has already set REDIS_URL to a server nobody started: the user's value
+#: travels in CW_TESTS_GIVEN_REDIS_URL instead.
+_GIVEN = os.environ.setdefault("CW_TESTS_GIVEN_REDIS_URL", os.environ.get("REDIS_URL", ""))
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... under pytest-xdist
+
+
+def _with_db(url: str, db: int) -> str:
+    return urlsplit(url)._replace(path=f"/{db}").geturl()
+
+
+if _GIVEN and _WORKER:  # one given Redis, several test processes: two databases each
+    _GIVEN_REDIS_URL: str | None = _with_db(_GIVEN, 2 * int(_WORKER[2:]))
+    UNIT_DB = 2 * int(_WORKER[2:]) + 1
+else:
+    _GIVEN_REDIS_URL = _GIVEN or None
+    UNIT_DB = 15  # what unit tests that need an empty database use
 _REDIS_PORT = free_port()
 _SANDBOX_PORT = free_port()
 API_KEY, SECRET_KEY = generate_keypair()
@@ -72,9 +88,17 @@ SANDBOX_CONFIG = SandboxConfig(
 )
 
 
-@pytest.fixture(scope="session")
+def unit_url(redis_url: str) -> str:
+    """The URL of the unit tests' database (the URL's own database would win over a db=
+    argument in redis-py, so it is replaced)."""
+    return _with_db(redis_url, UNIT_DB)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def redis_url() -> Iterator[str]:
-    """A Redis URL: REDIS_URL when set, else a redis-server this session starts and stops."""
+    """A Redis URL: REDIS_URL when set, else a redis-server this session starts and stops.
+
+    Autouse: every test may reach Redis through SERVICE_ENV, whatever ran before it."""
     if _GIVEN_REDIS_URL:
         yield _GIVEN_REDIS_URL
         return
@@ -84,10 +108,9 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A client on db 15, emptied for each test, so unit tests never see each other's keys."""
-    # The URL's own database would win over a db= argument (redis-py), so replace it.
-    client = redis.Redis.from_url(urlsplit(redis_url)._replace(path="/15").geturl(),
-                                  decode_responses=True)  # fmt: skip
+    """A client on the unit tests' database, emptied for each test, so unit tests never see
+    each other's keys."""
+    client = redis.Redis.from_url(unit_url(redis_url), decode_responses=True)
     client.flushdb()
     yield client
     client.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -18,27 +17,51 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-#: Below Linux's ephemeral range (32768-60999): a client's outgoing connection cannot take
-#: one of these between the check and the server's bind (a replica once failed to bind so).
+#: Below Linux's ephemeral range (32768-60999), so a client's outgoing connection cannot take
+#: a port between the check and the server's bind (a replica once failed to bind so); and
+#: cut in slices, one per process (pytest-xdist workers, a benchmark beside the tests), so
+#: two processes never pick the same port: two bind-to-0 probes a moment apart can both be
+#: handed one port. A process claims a slice by holding its first port bound until it exits.
 FIXED_PORTS = range(20000, 32000)
+PORT_SLICE = 500  # ports per process
+_claim: list[socket.socket] = []  # the bound socket that holds this process's slice
+_handed_out: set[int] = set()
+
+
+def _slice() -> range:
+    if not _claim:
+        for start in range(FIXED_PORTS.start, FIXED_PORTS.stop, PORT_SLICE):
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", start))
+            except OSError:
+                sock.close()
+                continue
+            _claim.append(sock)
+            break
+        else:
+            raise RuntimeError(f"every slice of {FIXED_PORTS} is claimed by another process")
+    start = _claim[0].getsockname()[1]
+    return range(start + 1, start + PORT_SLICE)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1, free to bind now and never handed out before in this process."""
+    return free_ports(1)[0]
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` consecutive ports on 127.0.0.1, outside the ephemeral range, free to bind."""
-    span = len(FIXED_PORTS) - count
-    start = (os.getpid() * 7919 + time.monotonic_ns() // 1000) % span  # apart across runs
-    for step in range(0, span, count):
-        base = FIXED_PORTS[0] + (start + step) % span
-        if all(_bindable(base + i) for i in range(count)):
-            return list(range(base, base + count))
-    raise RuntimeError(f"no {count} consecutive free ports in {FIXED_PORTS}")
+    """`count` consecutive ports of this process's slice, free to bind, not handed out before."""
+    ports = _slice()
+    span = len(ports) - count
+    offset = (time.monotonic_ns() // 1000) % span  # apart across runs on one machine
+    for step in range(span):
+        base = ports.start + (offset + step) % span
+        block = range(base, base + count)
+        if not _handed_out.intersection(block) and all(_bindable(p) for p in block):
+            _handed_out.update(block)
+            return list(block)
+    raise RuntimeError(f"no {count} consecutive free ports in {ports}")
 
 
 def _bindable(port: int) -> bool:
@@ -88,6 +111,7 @@ class RedisServer:
                     raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
                 try:
                     if client.ping():
+                        self._check_own(client)
                         return
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:
@@ -95,6 +119,14 @@ class RedisServer:
                     time.sleep(0.02)
         finally:
             client.close()
+
+    def _check_own(self, client: redis.Redis) -> None:
+        """Fail if the server answering on the port is another process's, not ours."""
+        assert self.proc is not None
+        answering = int(client.info("server")["process_id"])
+        if answering != self.proc.pid:
+            self.proc.kill()
+            raise RuntimeError(f"port {self.port} is served by another redis-server ({answering})")
 
     def stop(self) -> None:
         """Shut down gracefully (SIGTERM: the AOF is flushed), killing it after a timeout."""

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import API_KEY, SECRET_KEY
+from tests.conftest import API_KEY, SECRET_KEY, unit_url
 from worker.confirmation import (
     CLOCK_SKEW_MS,
     CONFIRM_JOB,
@@ -25,7 +25,7 @@ from worker.settings import Settings
 @pytest.fixture
 def services(redis_url: str) -> Iterator[Services]:
     """Services on db 15 of the test Redis (nothing else reads or writes there)."""
-    built = Services(Settings(redis_url=redis_url.rsplit("/", 1)[0] + "/15"))
+    built = Services(Settings(redis_url=unit_url(redis_url)))
     built.redis.flushdb()
     yield built
     built.redis.close()
@@ -78,7 +78,7 @@ def test_a_second_pass_within_an_interval_sends_nothing_and_waits_out_the_rest(
         "COINSWITCH_SECRET_KEY": SECRET_KEY,
         "COINSWITCH_BASE_URL": "http://127.0.0.1:9",  # nothing must be sent; nothing answers
     }
-    built = Services(Settings.from_env({**env, "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/15"}))
+    built = Services(Settings.from_env({**env, "REDIS_URL": unit_url(redis_url)}))
     built.redis.flushdb()
     try:
         built.store.create("o1", "EXCHANGE_2")

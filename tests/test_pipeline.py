@@ -180,7 +180,11 @@ def test_send_task_by_name_needs_no_python_producer(exchange: SandboxHandle) -> 
 
 @pytest.mark.parametrize(
     ("order_id", "exchange_name"),
-    [("not-a-uuid", "EXCHANGE_2"), (str(uuid.uuid4()), "BINANCE"), ("", "EXCHANGE_2")],
+    [
+        ("not-a-uuid", "EXCHANGE_2"),
+        ("5c0ffee0-0000-4000-8000-000000000001", "BINANCE"),
+        ("", "EXCHANGE_2"),
+    ],
 )
 def test_invalid_input_enqueues_nothing(order_id: str, exchange_name: str) -> None:
     """Bad ids or exchanges raise InvalidRequest and leave no record and no message."""

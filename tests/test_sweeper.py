@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import API_KEY, SECRET_KEY
+from tests.conftest import API_KEY, SECRET_KEY, unit_url
 from worker.models import Bucket
 from worker.records import now_ms
 from worker.services import Services
@@ -18,7 +18,7 @@ from worker.sweeper import LEASE_SLACK_MS, WAITING_RECHECK_S, sweep
 def services(redis_url: str) -> Iterator[Services]:
     """Services on db 15 of the test Redis, with the default account (nothing is sent)."""
     env = {
-        "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/15",
+        "REDIS_URL": unit_url(redis_url),
         "COINSWITCH_API_KEY": API_KEY,
         "COINSWITCH_SECRET_KEY": SECRET_KEY,
         "COINSWITCH_BASE_URL": "http://127.0.0.1:9",

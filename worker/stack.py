@@ -198,6 +198,24 @@ def redis_answers(url: str) -> bool:
         return False
 
 
+def workers_ready(url: str, namespace: str, queues: Sequence[str], since_ms: int) -> bool:
+    """Whether a worker of each queue has said so (its dispatcher's heartbeat) since `since_ms`:
+    it consumes, and the accounts it serves are registered, so a request is accepted."""
+    import json
+
+    from worker.connection import connect_redis
+    from worker.keys import Keys
+    from worker.settings import Settings
+
+    try:
+        client = connect_redis(Settings(redis_url=url), timeout_s=1.0)
+        entries = [json.loads(raw) for raw in client.hgetall(Keys(namespace).workers).values()]
+    except (redis.RedisError, ValueError):
+        return False
+    seen = {q for e in entries if int(e.get("seen_ms", 0)) >= since_ms for q in e["queues"]}
+    return set(queues) <= seen
+
+
 def replica_in_sync(port: int) -> bool:
     """Whether the local replica on `port` finished its first sync (so it acknowledges WAIT)."""
     try:
@@ -345,7 +363,7 @@ def run_stack(options: RunOptions) -> int:
     """Bring the whole stack up on this machine, print where to look, run until Ctrl-C."""
     from worker.connection import is_sentinel_url
     from worker.sandbox import AdminClient, generate_keypair
-    from worker.settings import DEFAULT_REDIS_URL, redact_url
+    from worker.settings import DEFAULT_NAMESPACE, DEFAULT_REDIS_URL, redact_url
 
     env = dict(os.environ)
     env.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
@@ -432,6 +450,7 @@ def run_stack(options: RunOptions) -> int:
             ]
         else:
             lines.append(f"Exchange    {env.get('COINSWITCH_BASE_URL', 'https://coinswitch.co')}")
+        workers_since_ms = time.time_ns() // 1_000_000
         for name, args in worker_commands(
             options.cancel_concurrency, options.poll_concurrency
         ).items():
@@ -453,6 +472,14 @@ def run_stack(options: RunOptions) -> int:
         metrics_url = f"http://127.0.0.1:{options.metrics_port}/metrics"
         wait_until(lambda: _http_ok(f"{flower_url}/healthcheck"), READY_TIMEOUT_S, "Flower")
         wait_until(lambda: _http_ok(metrics_url), READY_TIMEOUT_S, "metrics")
+        namespace = env.get("CANCEL_WORKER_NAMESPACE", DEFAULT_NAMESPACE)
+        wait_until(
+            lambda: workers_ready(
+                redis_url, namespace, (CANCEL_QUEUE, POLL_QUEUE), workers_since_ms
+            ),
+            READY_TIMEOUT_S,
+            "the workers",
+        )
         lines += [
             "Workers     cancels + polls (Celery, threads pool; each dispatches and sweeps)",
             f"Flower      {flower_url}"
