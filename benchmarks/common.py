@@ -164,15 +164,16 @@ def wait_budgets_idle(accounts: Sequence[str], timeout_s: float) -> None:
 
     Call after `apply_env`: it reads the budgets through this process's services.
     """
+    from worker.estimates import Estimates
     from worker.models import Bucket
     from worker.services import get_services
 
-    scheduler = get_services().scheduler
+    estimates = Estimates(get_services().scheduler)
 
     def idle() -> bool:
         for account in accounts:
             for bucket in (Bucket.CANCEL, Bucket.STATUS):
-                use = scheduler.usage(account, bucket)
+                use = estimates.usage(account, bucket)
                 if use.used_in_window or use.booked_ahead or use.waiting or use.counting_down:
                     return False
         return True

@@ -59,10 +59,12 @@ def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
         from worker.producer import request_cancel, request_cancels
 
         keys = Keys()
-        line = keys.room_ready(DEFAULT_ACCOUNT, Bucket.CANCEL)
+        line = keys.line_queue(DEFAULT_ACCOUNT, Bucket.CANCEL, "")  # jobs with no owner
+        jobs = keys.line_jobs(DEFAULT_ACCOUNT, Bucket.CANCEL)
+        owners = keys.line_owners(DEFAULT_ACCOUNT, Bucket.CANCEL)
         client = redis.Redis.from_url(redis_url)
         request_cancels(fresh_ids(WARMUP))  # connections, scripts, counters; spends the budget
-        client.delete(line, keys.due, CANCEL_QUEUE)  # so they hold only the measured orders
+        client.delete(line, jobs, owners, keys.due, CANCEL_QUEUE)  # only the measured orders
 
         say(f"producer: memory over {memory_items} waiting orders")
         before = _used_memory(client)
@@ -72,7 +74,7 @@ def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
         loaded = _used_memory(client)
         in_line, watched = int(client.zcard(line)), int(client.zcard(keys.due))
         broker_messages = int(client.llen(CANCEL_QUEUE))
-        line_bytes = int(client.memory_usage(line, samples=0) or 0)
+        line_bytes = sum(int(client.memory_usage(k, samples=0) or 0) for k in (line, jobs))
         watch_bytes = int(client.memory_usage(keys.due, samples=0) or 0)
         record_key_bytes = int(client.memory_usage(keys.record(ids[0]), samples=0) or 0)
 

@@ -74,6 +74,32 @@ def stop_processes(procs: Iterable[subprocess.Popen[Any]]) -> None:
             proc.wait(timeout=5)
 
 
+def scheduler_for(
+    client: Any,
+    keys: Any,
+    *,
+    accounts: tuple[str, ...] = ("default",),
+    rates: Any = None,
+    shares: Mapping[str, int] | None = None,
+    floor_ms: int = 20,
+    ceiling_ms: int = 500,
+) -> Any:
+    """A Scheduler of test accounts (fingerprint `fp-<name>`; 3 per 300 ms unless `rates`)."""
+    from worker.accounts import AccountInfo
+    from worker.models import Bucket
+    from worker.rates import Rate
+    from worker.scheduler import Scheduler
+
+    budgets = rates or {bucket: Rate(3, 0.3) for bucket in Bucket}
+    infos = {
+        name: AccountInfo(name, f"fp-{name}", budgets, shares=dict(shares or {}))
+        for name in accounts
+    }
+    return Scheduler(
+        client, keys, infos, margin_floor_ms=floor_ms, margin_ceiling_ms=ceiling_ms, watch_ms=1000
+    )
+
+
 def place_orders(admin: Any, count: int, **fields: Any) -> list[str]:
     """Open `count` LIMIT orders on the sandbox (through its admin client); return their ids.
 

@@ -20,6 +20,7 @@ from worker.models import Bucket, CancelRecord, OrderState
 from worker.records import now_ms
 from worker.services import Services
 from worker.settings import Settings
+from worker.turns import Turn
 
 
 @pytest.fixture
@@ -81,13 +82,13 @@ def test_a_second_pass_within_an_interval_sends_nothing_and_waits_out_the_rest(
     built = Services(Settings.from_env({**env, "REDIS_URL": unit_url(redis_url)}))
     built.redis.flushdb()
     try:
-        built.store.create("o1", "EXCHANGE_2")
+        built.store.create_many(["o1"], "EXCHANGE_2", built.scheduler, hand_out=False)
         built.redis.zadd(built.keys.confirm("default"), {"o1": 0})
         built.redis.set(built.keys.confirm_pass("default"), 1, px=2500)
-        turn = built.scheduler.turn("default", Bucket.CLOSED_ORDERS, "m1")
+        turn = Turn(built.scheduler, "default", Bucket.CLOSED_ORDERS, "m1")
         confirm_turn(built, "default", CONFIRM_JOB, turn)
         assert not turn.taken
-        later = built.scheduler.room_keys("default", Bucket.CLOSED_ORDERS)[1]
+        later = built.keys.line_later("default", Bucket.CLOSED_ORDERS)
         ready_at = built.redis.zscore(later, CONFIRM_JOB)
         assert ready_at is not None and ready_at >= now_ms() + 2000
     finally:

@@ -16,7 +16,7 @@ from worker.connection import (
     is_sentinel_url,
     parse_sentinel_url,
 )
-from worker.dispatcher import Dispatcher
+from worker.duties import Duties
 from worker.errors import ConfigError
 from worker.keys import Keys
 from worker.models import Bucket
@@ -24,6 +24,7 @@ from worker.rates import Rate
 from worker.scheduler import Scheduler
 from worker.services import Services
 from worker.settings import Settings, redact_url
+from worker.turns import Turn
 
 KEYS = Keys("conn")
 SENTINELS = "sentinel://:pw@10.0.0.1:26379;sentinel://10.0.0.2:26380;sentinel://10.0.0.3/2"
@@ -111,11 +112,11 @@ def test_a_send_time_no_replica_confirms_is_spent_but_not_sent(redis_client: red
         redis_client, KEYS, infos, margin_floor_ms=20, margin_ceiling_ms=500, watch_ms=1000,
         replication=replication,
     )  # fmt: skip
-    schedule, pause, _ = scheduler._budget_keys("default", Bucket.CANCEL)
-    assert not scheduler.turn("default", Bucket.CANCEL, "m1").take()
+    schedule, pause, _ = scheduler.budget_keys("default", Bucket.CANCEL)
+    assert not Turn(scheduler, "default", Bucket.CANCEL, "m1").take()
     assert redis_client.zcard(schedule) == 1
     assert redis_client.get(pause) == "replica" and redis_client.pttl(pause) > 0
-    assert not scheduler.turn("default", Bucket.CANCEL, "m2").take()
+    assert not Turn(scheduler, "default", Bucket.CANCEL, "m2").take()
     assert redis_client.zcard(schedule) == 1 and replication.calls == 2
 
 
@@ -124,17 +125,18 @@ def test_a_dispatcher_holds_budgets_only_after_a_primary_without_replicas(
     redis_client: redis.Redis, replicated: str, held: bool
 ) -> None:
     """A promoted replica holds every confirmed send time, so budgets go on; a Redis that
-    had no replica (restarted) may have lost its last send times: every budget waits a window."""
+    had no replica (restarted) may have lost its last send times: every budget waits a window
+    (a worker's duties look for a new primary every second)."""
     url = redis_client.connection_pool.connection_kwargs
     settings = Settings.from_env(
         {**os.environ, "REDIS_URL": f"redis://{url['host']}:{url['port']}/{url['db']}"}
     )
     services = Services(settings)
-    dispatcher = Dispatcher(services, services.scheduler, publish=lambda turn: None)
+    duties = Duties(services, services.scheduler)
     redis_client.hset(services.keys.primary, mapping={"run_id": "gone", "replicated": replicated})
-    dispatcher.run_once()
+    duties.check_primary()
     pauses = [
-        redis_client.get(services.scheduler._budget_keys(account, bucket)[1])
+        redis_client.get(services.scheduler.budget_keys(account, bucket)[1])
         for account in services.scheduler.accounts
         for bucket in Bucket
     ]

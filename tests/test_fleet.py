@@ -173,8 +173,8 @@ def test_waiting_in_line_holds_nothing_and_costs_nothing(
     received: dict[str, int] = {}
     for i in range(FLEET_SIZE):
         for line in (log_dir / f"slow{i}.log").read_text().splitlines():
-            if "cancel_worker.cancel_order[" in line and "] received" in line:
-                task_id = line.split("cancel_order[", 1)[1].split("]", 1)[0]
+            if "cancel_worker.cancel_turn[" in line and "] received" in line:
+                task_id = line.split("cancel_turn[", 1)[1].split("]", 1)[0]
                 received[task_id] = received.get(task_id, 0) + 1
     assert len(received) == 20 and set(received.values()) == {1}
     assert all(exchange.admin.order(i)["cancel_requests"] == 1 for i in order_ids)

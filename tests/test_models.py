@@ -69,7 +69,7 @@ def test_record_round_trip_and_public_view() -> None:
     public = record.public()
     assert set(public) == {
         "order_id", "exchange", "account", "priority", "state", "attempts", "requested_at",
-        "updated_at", "final_at", "order", "error", "history", "batch_id",
+        "updated_at", "final_at", "order", "error", "history", "batch_id", "owner",
     }  # fmt: skip
 
 

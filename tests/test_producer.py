@@ -79,7 +79,7 @@ def queued_cancels(client: redis.Redis) -> list[tuple[str, list[Any]]]:
 
 def in_line(client: redis.Redis, account: str = "default") -> list[str]:
     """Order ids waiting for a DELETE turn, first to go first."""
-    return list(client.zrange(Keys().room_ready(account, Bucket.CANCEL), 0, -1))
+    return list(client.zrange(Keys().line_queue(account, Bucket.CANCEL, ""), 0, -1))
 
 
 @pytest.fixture
@@ -91,20 +91,20 @@ def own_redis_url() -> Iterator[str]:
 
 def test_a_large_request_is_recorded_in_line_in_request_order(own_redis_url: str) -> None:
     """1,200 cancels are recorded QUEUED, watched and put in line in request order by one
-    script call; the turn free right now is handed out at once (its cancel task is the only
-    broker message), the rest wait in line, and one wake token tells the dispatchers."""
+    script call, which also hands out the turn free right now (its cancel turn task is the
+    only broker message); the rest wait in line, and one wake token tells the dispatchers."""
     ids = order_ids(MANY)
     client = redis.Redis.from_url(own_redis_url, decode_responses=True)
     client.config_resetstat()
     assert produce(own_redis_url, ids) == {"states": ["QUEUED"] * MANY}
     calls = client.info("commandstats")
     scripts = sum(calls.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
-    assert scripts <= 4  # record + hand out (redis-py retries each once after loading it)
+    assert scripts <= 2  # one call (redis-py retries it once after loading the script)
     assert calls["cmdstat_set"]["calls"] == MANY  # the records, written inside one call
 
     assert in_line(client) == ids[1:]
     assert client.zcard(Keys().due) == MANY  # every new order is watched by the sweeper
-    assert [args for _, args in queued_cancels(client)] == [[ids[0]]]
+    assert queued_cancels(client) == [("cancel_worker.cancel_turn", [ids[0]])]
     assert client.lrange(Keys().wake, 0, -1) == ["1"]
     records = [json.loads(raw) for raw in client.mget([Keys().record(i) for i in ids])]
     assert {(r["state"], r["account"], r["priority"]) for r in records} == {

@@ -8,16 +8,14 @@ import time
 import pytest
 import redis
 
-from worker.accounts import AccountInfo
+from tests.support import scheduler_for
+from worker import estimates as estimates_module
+from worker.estimates import Estimates
 from worker.keys import Keys
 from worker.models import Bucket, Priority
 from worker.rates import Rate
-from worker.scheduler import (
-    MARGIN_HEADROOM,
-    Scheduler,
-    future_slots,
-    nth_slot,
-)
+from worker.scheduler import MARGIN_HEADROOM, Scheduler
+from worker.turns import Turn
 
 KEYS = Keys("t")
 RATES = {bucket: Rate(3, 0.3) for bucket in Bucket}
@@ -30,10 +28,16 @@ def make(
     rates: dict[Bucket, Rate] | None = None,
     floor_ms: int = 20,
     ceiling_ms: int = 500,
+    shares: dict[str, int] | None = None,
 ) -> Scheduler:
-    infos = {name: AccountInfo(name, f"fp-{name}", rates or RATES) for name in accounts}
-    return Scheduler(
-        client, KEYS, infos, margin_floor_ms=floor_ms, margin_ceiling_ms=ceiling_ms, watch_ms=1000
+    return scheduler_for(
+        client,
+        KEYS,
+        accounts=accounts,
+        rates=rates or RATES,
+        floor_ms=floor_ms,
+        ceiling_ms=ceiling_ms,
+        shares=shares,
     )
 
 
@@ -41,45 +45,70 @@ def jobs(n: int, prefix: str = "job") -> list[str]:
     return [f"{prefix}{i:03d}" for i in range(n)]
 
 
-# --- slot arithmetic (pure) ------------------------------------------------------------------
+def etas(
+    scheduler: Scheduler,
+    names: list[str],
+    bucket: Bucket = Bucket.CANCEL,
+    *,
+    absolute: bool = False,
+) -> list[int]:
+    """Each job's expected send time as `status` would say it: from now (ms), or in Unix ms."""
+    estimates = Estimates(scheduler)
+    found = [estimates.waiting("default", bucket, name) for name in names]
+    return [w.eta_ms - (0 if absolute else w.now_ms) for w in found if w is not None]
 
 
-def test_future_slots_keep_every_window_at_the_limit() -> None:
+# --- slot arithmetic (budget.lua, through the estimates) -----------------------------------
+
+
+def test_free_slots_keep_every_window_at_the_limit(redis_client: redis.Redis) -> None:
     """From an empty schedule, `limit` slots are free now, then one window apart each."""
-    assert future_slots([], 1000, 2, 100, 0, 5) == [1000, 1000, 1100, 1100, 1200]
-    assert future_slots([950, 990], 1000, 2, 100, 0, 2) == [1050, 1090]
+    scheduler = make(redis_client, rates={b: Rate(2, 60.0) for b in Bucket})
+    scheduler.join("default", Bucket.CANCEL, jobs(5), priority=Priority.URGENT)
+    window = 60_000 + 20
+    assert etas(scheduler, jobs(5)) == [0, 0, window, window, 2 * window]
 
 
-def test_future_slots_respect_a_pause() -> None:
-    """Nothing is handed out before a 429 pause ends."""
-    assert future_slots([], 1000, 2, 100, 1500, 3) == [1500, 1500, 1600]
+def test_slots_respect_a_pause(redis_client: redis.Redis) -> None:
+    """Nothing is expected before a 429 pause ends."""
+    scheduler = make(redis_client, rates={b: Rate(2, 60.0) for b in Bucket})
+    paused_ms = scheduler.pause("default", Bucket.CANCEL)
+    scheduler.join("default", Bucket.CANCEL, jobs(3), priority=Priority.URGENT)
+    assert paused_ms - 50 <= etas(scheduler, jobs(1))[0] <= paused_ms
+    first, second, third = etas(scheduler, jobs(3), absolute=True)  # pause end: PTTL in ms
+    assert abs(second - first) <= 1 and abs(third - first - (60_000 + 20)) <= 1
 
 
-def test_future_slots_with_the_reserve_keep_an_urgent_wait_under_one_interval() -> None:
-    """With the reserve, a normal backlog's schedule never leaves a window full for longer
-    than one slot interval, and it still sends `limit` per window in the long run."""
-    limit, window = 10, 2050
+def test_the_reserve_keeps_an_urgent_wait_under_one_interval(redis_client: redis.Redis) -> None:
+    """With the reserve, a normal backlog's expected sends never leave a window full for
+    longer than one slot interval, and still send `limit` per window in the long run."""
+    limit, window = 10, 60_020
+    scheduler = make(redis_client, rates={b: Rate(limit, 60.0) for b in Bucket})
+    scheduler.join("default", Bucket.CANCEL, jobs(120))
+    slots = etas(scheduler, jobs(120))
     interval = -(-window // limit)
-    slots = future_slots([], 0, limit, window, 0, 300, reserve=True)
     assert slots[:9] == [0] * 9  # a short burst still goes at once
-    for t in range(0, slots[-1], 7):  # an urgent job arriving at any moment
+    for t in range(0, slots[-1], 997):  # an urgent job arriving at any moment
         inside = [s for s in slots if t - window < s <= t]
         if len(inside) >= limit:
             assert inside[-limit] + window - t <= interval
-    steady = slots[100:]
+    steady = slots[40:]
     rate = (len(steady) - 1) / (steady[-1] - steady[0])
-    assert rate == pytest.approx(limit / window, rel=0.01)
+    assert rate == pytest.approx(limit / window, rel=0.02)
 
 
-def test_nth_slot_extrapolates_past_the_simulation() -> None:
-    """Far slots are one window per `limit` sends after the simulated ones."""
-    booked = [990, 995]
-    for n in (0, 3, 10, 25_001):
-        exact = future_slots(booked, 1000, 2, 100, 0, n + 1)[-1] if n < 1000 else None
-        estimate = nth_slot(booked, 1000, 2, 100, 0, n)
-        if exact is not None:
-            assert estimate == exact
-    assert nth_slot([], 0, 10, 60_000, 0, 25_000) == 25_000 // 10 * 60_000
+def test_far_slots_are_extrapolated_past_the_simulation(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the simulated slots, one window per `limit` sends: a far place costs no more to
+    estimate, and is never earlier than the simulation says, nor later by a window."""
+    scheduler = make(redis_client, rates={b: Rate(2, 60.0) for b in Bucket})
+    scheduler.join("default", Bucket.CANCEL, jobs(30), priority=Priority.URGENT)
+    exact = etas(scheduler, jobs(30))
+    monkeypatch.setattr(estimates_module, "ESTIMATE_SIMULATED_SLOTS", 7)
+    far = etas(scheduler, jobs(30))
+    assert far[:7] == exact[:7]
+    assert all(e <= f <= e + 60_020 for e, f in zip(exact, far, strict=True))
 
 
 # --- lines and turns ---------------------------------------------------------------------------
@@ -114,7 +143,7 @@ def test_a_line_is_served_only_when_its_window_frees(redis_client: redis.Redis) 
     scheduler.join("default", Bucket.CANCEL, jobs(4), priority=Priority.URGENT)
     first, _ = scheduler.release()
     for turn in first:
-        assert scheduler.turn("default", Bucket.CANCEL, turn.member).take()
+        assert Turn(scheduler, "default", Bucket.CANCEL, turn.member).take()
     assert scheduler.release()[0] == []
     time.sleep(0.33)  # one window: 300 ms + the 20 ms margin floor
     second, _ = scheduler.release()
@@ -172,7 +201,7 @@ def test_a_pause_holds_every_turn(redis_client: redis.Redis) -> None:
     assert turns == [] and wait_s is not None and wait_s > 0.25
     ok, wait_ms = scheduler.commit("default", Bucket.CANCEL, "x")
     assert not ok and wait_ms > 250
-    assert scheduler.usage("default", Bucket.CANCEL).rate_limited == 1
+    assert Estimates(scheduler).usage("default", Bucket.CANCEL).rate_limited == 1
 
 
 def test_a_turn_given_back_frees_its_slot(redis_client: redis.Redis) -> None:
@@ -180,7 +209,7 @@ def test_a_turn_given_back_frees_its_slot(redis_client: redis.Redis) -> None:
     scheduler = make(redis_client)
     scheduler.join("default", Bucket.CANCEL, jobs(4), priority=Priority.URGENT)
     turns, _ = scheduler.release()
-    scheduler.turn("default", Bucket.CANCEL, turns[0].member).give_back()
+    Turn(scheduler, "default", Bucket.CANCEL, turns[0].member).give_back()
     again, _ = scheduler.release()
     assert [t.job for t in again] == ["job003"]
 
@@ -204,7 +233,7 @@ def test_joining_twice_keeps_the_earlier_place(redis_client: redis.Redis) -> Non
     scheduler = make(redis_client, rates={b: Rate(1, 60.0) for b in Bucket})
     scheduler.join("default", Bucket.CANCEL, ["a", "b"])
     scheduler.join("default", Bucket.CANCEL, ["a"])
-    assert redis_client.zrange(KEYS.room_ready("default", Bucket.CANCEL), 0, -1) == ["a", "b"]
+    assert redis_client.zrange(KEYS.line_queue("default", Bucket.CANCEL, ""), 0, -1) == ["a", "b"]
 
 
 def test_one_accounts_line_never_holds_anothers(redis_client: redis.Redis) -> None:
@@ -225,7 +254,7 @@ def test_another_fleets_lines_are_left_alone(redis_client: redis.Redis) -> None:
     ours = make(redis_client)
     turns, wait_s = ours.release()
     assert turns == [] and wait_s is None
-    assert redis_client.zcard(KEYS.room_ready("gamma", Bucket.CANCEL)) == 2
+    assert other.waiting([("gamma", Bucket.CANCEL, j) for j in jobs(2)]) == [True, True]
 
 
 def test_waiting_reports_place_and_expected_time(redis_client: redis.Redis) -> None:
@@ -233,16 +262,18 @@ def test_waiting_reports_place_and_expected_time(redis_client: redis.Redis) -> N
     a 3-per-window line goes two windows from now; normal jobs as the reserve paces them."""
     scheduler = make(redis_client, rates={b: Rate(3, 60.0) for b in Bucket})
     scheduler.join("default", Bucket.CANCEL, jobs(8), priority=Priority.URGENT)
-    waiting = scheduler.waiting("default", Bucket.CANCEL, "job006")
+    estimates = Estimates(scheduler)
+    waiting = estimates.waiting("default", Bucket.CANCEL, "job006")
     assert waiting is not None
     assert (waiting.place, waiting.ready) == (7, 8)
     assert waiting.eta_ms - waiting.now_ms == 2 * (60_000 + 20)
     scheduler.join("default", Bucket.CANCEL, ["normal"])
-    usage = scheduler.usage("default", Bucket.CANCEL)
-    paced = future_slots([], 0, 3, 60_020, 0, 9, reserve=True)[-1]
+    usage = estimates.usage("default", Bucket.CANCEL)
+    paced = etas(scheduler, ["normal"])[0]  # the 9th, after the urgent eight
     assert usage.waiting == 9 and usage.waiting_urgent == 8
     assert usage.drain_s == pytest.approx(paced / 1000, abs=0.01)
-    assert scheduler.waiting("default", Bucket.CANCEL, "nobody") is None
+    assert usage.owners == {"": (9, 8)}
+    assert estimates.waiting("default", Bucket.CANCEL, "nobody") is None
 
 
 # --- the margin --------------------------------------------------------------------------------

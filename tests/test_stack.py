@@ -180,7 +180,7 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
     def flower_task() -> dict[str, Any] | None:
         tasks = requests.get(f"{flower}/api/tasks", timeout=5).json()
         for task in tasks.values():
-            if task.get("name") == "cancel_worker.cancel_order" and order_id in task["args"]:
+            if task.get("name") == "cancel_worker.cancel_turn" and order_id in task["args"]:
                 return dict(task)
         return None
 

@@ -31,9 +31,8 @@ def services(redis_url: str) -> Iterator[Services]:
 
 def lost(services: Services, order_id: str) -> None:
     """A QUEUED order whose turn was lost: in no line, its watch time passed."""
-    services.store.create(order_id, "EXCHANGE_2")
-    services.redis.zrem(services.keys.room_ready("default", Bucket.CANCEL), order_id)
-    services.redis.zrem(services.keys.room_later("default", Bucket.CANCEL), order_id)
+    services.store.create_many([order_id], "EXCHANGE_2", services.scheduler, hand_out=False)
+    assert services.scheduler.forget("default", Bucket.CANCEL, [order_id]) == 1
     services.store.schedule_check(order_id, now_ms() - 1)
 
 
@@ -41,7 +40,7 @@ def test_a_lost_turn_goes_back_in_line(services: Services) -> None:
     """An order in no line and held by no task joins its line again."""
     lost(services, "o1")
     assert sweep(services, services.scheduler, limit=10) == 1
-    assert services.redis.zscore(services.keys.room_ready("default", Bucket.CANCEL), "o1")
+    assert services.scheduler.waiting([("default", Bucket.CANCEL, "o1")]) == [True]
 
 
 def test_an_order_a_task_holds_is_looked_at_when_its_lease_ends(services: Services) -> None:

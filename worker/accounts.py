@@ -64,11 +64,14 @@ class AccountInfo:
     fingerprint: str
     rates: Mapping[Bucket, Rate]
     seen_ms: int = 0  # when a worker last registered it (0: from this process's settings)
+    #: Owners' weights in every line of the account (an owner not named weighs 1).
+    shares: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self, seen_ms: int) -> str:
         """The registry entry."""
         rates = {bucket.value: str(rate) for bucket, rate in self.rates.items()}
-        return json.dumps({"fingerprint": self.fingerprint, "rates": rates, "seen_ms": seen_ms})
+        entry = {"fingerprint": self.fingerprint, "rates": rates, "seen_ms": seen_ms}
+        return json.dumps({**entry, "shares": dict(self.shares)})
 
     @classmethod
     def from_json(cls, name: str, raw: str) -> AccountInfo:
@@ -76,7 +79,8 @@ class AccountInfo:
         data = json.loads(raw)
         known = {bucket.value for bucket in Bucket}
         rates = {Bucket(b): parse_rate(r) for b, r in data["rates"].items() if b in known}
-        return cls(name, str(data["fingerprint"]), rates, int(data.get("seen_ms", 0)))
+        shares = {str(o): int(w) for o, w in data.get("shares", {}).items()}
+        return cls(name, str(data["fingerprint"]), rates, int(data.get("seen_ms", 0)), shares)
 
 
 @dataclass(frozen=True)

@@ -16,45 +16,9 @@ import redis
 
 from worker.keys import Keys
 from worker.models import BatchRecord, BatchState, Bucket, Priority
-from worker.records import DEFAULT_EVENTS_MAXLEN, update_stored
-from worker.scheduler import LIBRARY, budget_id, room_keys
-
-#: Create a batch record with its event and sweeper watch, and put it in line for a turn.
-#: KEYS: [1] batch key, [2] events, [3] due zset, [4..7] the cancel-all line (ready, later,
-#:       info, active index), [8] wake list
-#: ARGV: [1] TTL s, [2] record JSON, [3] events maxlen, [4] batch id, [5] account,
-#:       [6] exchange, [7] symbol or "", [8] priority, [9] rank, [10] requested ms,
-#:       [11] watch-at ms, [12] budget id
-#: Returns: 1 if created, 0 if the id existed.
-CREATE_BATCH_LUA = (
-    LIBRARY
-    + """
-if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'batch', 'batch_id', ARGV[4],
-  'account', ARGV[5], 'exchange', ARGV[6], 'symbol', ARGV[7], 'priority', ARGV[8],
-  'state', 'QUEUED', 'previous', '', 'at', ARGV[10], 'orders', '0', 'error_code', '')
-redis.call('ZADD', KEYS[3], tonumber(ARGV[11]), ARGV[4])
-local now = clock()
-join(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[12], ARGV[4], tonumber(ARGV[9]), now,
-  tonumber(ARGV[10]), 0, now)
-wake(KEYS[8])
-return 1
-"""
-)
-
-#: Undo CREATE_BATCH_LUA for a batch still QUEUED and waiting in line (nothing sent it).
-#: KEYS: [1] batch key, [2] due zset, [3] the cancel-all line's ready zset
-#: ARGV: [1] batch id
-#: Returns: 1 if removed.
-DISCARD_BATCH_LUA = """
-local body = redis.call('GET', KEYS[1])
-if not body or not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
-if cjson.decode(body)['state'] ~= 'QUEUED' then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return 1
-"""
+from worker.records import DEFAULT_EVENTS_MAXLEN, now_ms, stamp
+from worker.scheduler import Scheduler
+from worker.scripts import script
 
 #: A change to a batch: return the batch to store, or None to leave it as it is.
 BatchChange = Callable[[BatchRecord], BatchRecord | None]
@@ -75,17 +39,21 @@ class BatchStore:
         self.keys = keys
         self.ttl_s = ttl_s
         self.events_maxlen = events_maxlen
-        self._create = client.register_script(CREATE_BATCH_LUA)
-        self._discard = client.register_script(DISCARD_BATCH_LUA)
+        self._create = script(client, "create_batch")
+        self._discard = script(client, "discard_batch")
 
-    def create(self, batch: BatchRecord, *, watch_at_ms: int) -> bool:
+    def create(
+        self, batch: BatchRecord, scheduler: Scheduler, *, watch_at_ms: int, owner: str = ""
+    ) -> bool:
         """Store a new QUEUED batch and queue it for a cancel-all turn (urgent first)."""
+        line = scheduler.line(batch.account, Bucket.CANCEL_ALL)
         created = self._create(
             keys=[
                 self.keys.batch(batch.batch_id),
                 self.keys.events,
                 self.keys.due,
-                *room_keys(self.keys, batch.account, Bucket.CANCEL_ALL),
+                *line.keys,
+                self.keys.active,
                 self.keys.wake,
             ],
             args=[
@@ -100,19 +68,17 @@ class BatchStore:
                 Priority(batch.priority).rank,
                 batch.requested_at,
                 watch_at_ms,
-                budget_id(batch.account, Bucket.CANCEL_ALL),
+                *line.args,
+                owner,
             ],
         )
         return bool(created)
 
-    def discard_queued(self, batch: BatchRecord) -> bool:
+    def discard_queued(self, batch: BatchRecord, scheduler: Scheduler) -> bool:
         """Remove a batch nothing has sent yet (its request could not be confirmed)."""
-        keys = [
-            self.keys.batch(batch.batch_id),
-            self.keys.due,
-            self.keys.room_ready(batch.account, Bucket.CANCEL_ALL),
-        ]
-        return bool(self._discard(keys=keys, args=[batch.batch_id]))
+        line = scheduler.line(batch.account, Bucket.CANCEL_ALL)
+        keys = [self.keys.batch(batch.batch_id), self.keys.due, *line.keys, self.keys.active]
+        return bool(self._discard(keys=keys, args=[*line.args, batch.batch_id]))
 
     def get(self, batch_id: str) -> BatchRecord | None:
         """The record of one batch, or None if unknown (or expired)."""
@@ -122,20 +88,27 @@ class BatchStore:
     def update(self, batch_id: str, change: BatchChange) -> BatchRecord | None:
         """Apply `change` atomically; publish an event if the state moved; return the result."""
 
-        def alongside(pipe: Any, current: BatchRecord, changed: BatchRecord, at: int) -> None:
+        key = self.keys.batch(batch_id)
+        result: list[BatchRecord | None] = [None]
+
+        def attempt(pipe: Any) -> None:
+            raw = pipe.get(key)
+            current = None if raw is None else BatchRecord.from_dict(json.loads(raw))
+            result[0] = current
+            changed = None if current is None else change(BatchRecord.from_dict(json.loads(raw)))
+            if current is None or changed is None:
+                return
+            stamp(current, changed, now_ms())
+            pipe.multi()
+            pipe.set(key, json.dumps(changed.to_dict()), ex=self.ttl_s)
             if changed.is_final:
                 pipe.zrem(self.keys.due, batch_id)
             if changed.state != current.state:
                 self._publish(pipe, changed, current.state)
+            result[0] = changed
 
-        return update_stored(
-            self.client,
-            self.keys.batch(batch_id),
-            BatchRecord.from_dict,
-            change,
-            ttl_s=self.ttl_s,
-            alongside=alongside,
-        )
+        self.client.transaction(attempt, key)
+        return result[0]
 
     def transition(self, batch_id: str, state: BatchState, **fields: Any) -> BatchRecord | None:
         """Move a batch to `state` (a final batch is left alone); return what is stored."""

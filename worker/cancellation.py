@@ -1,26 +1,49 @@
-"""What one turn does for one order, as plain functions over Services (no Celery in here).
+"""The per-order rules: what each exchange answer means for a record and its next step.
 
-The rules are DESIGN.md §3. The two that matter most:
-- An unknown outcome (5xx, timeout, malformed body) is never answered by a blind re-send:
-  the order queues for a status read first, and a DELETE goes again only if the order is
-  still open.
-- Once the exchange has accepted a DELETE for an order, no second DELETE is ever sent.
+Pure functions: a record and an answer in, the record to store and the line to join next
+out; no Redis, no clock but the `now_ms` given. worker.turns applies a decision in one write
+(worker.records). Exchange facts behind them: docs/exchange.md (answers, statuses).
 
-A turn makes at most one exchange call, on the budget slot the scheduler handed it, and
-returns a Step that says which line the order joins next: a DELETE turn (CANCEL), a status
-turn (CHECK), or none (DONE: final, or someone else holds the order).
+After a DELETE (the record is marked "DELETE under way", one more attempt):
+
+| answer                       | record                                  | next               |
+|------------------------------|-----------------------------------------|--------------------|
+| 200, terminal status         | that state, snapshot                    | done               |
+| 200, CANCELLATION_RAISED     | CANCELLATION_RAISED, accepted           | confirm (learned)  |
+| 200, still RAISED            | CANCELLATION_RAISED, accepted           | confirm (learned)  |
+| 200, a status we do not know | CANCELLATION_RAISED (not accepted)      | status read        |
+| 5xx, timeout, malformed body | still under way, unknown streak + 1     | status read now    |
+|   ... MAX_UNKNOWN_SENDS times | UNCONFIRMED, exchange_unavailable      | slow re-check      |
+| 429                          | not under way                           | its place in line  |
+| 401 / 403                    | FAILED(auth)                            | done               |
+| other 4xx (refused, unknown) | not under way, refused                  | status read now    |
+
+After a status read:
+
+| answer                       | record                                  | next               |
+|------------------------------|-----------------------------------------|--------------------|
+| terminal status              | that state, snapshot                    | done               |
+| RAISED, no DELETE accepted   | snapshot, not under way                 | DELETE again (1)   |
+| still pending, or 5xx / 429  | one more look (UNCONFIRMED when spent)  | status read, later |
+| not found                    | one more "not found" (FAILED on the 2nd)| status read        |
+| 401 / 403                    | FAILED(auth)                            | done               |
+
+(1) REFUSED_OPEN_RETRY_S later if the last DELETE was refused: the order may be just placed.
+
+Two rules matter most: an unknown outcome is never answered by a blind re-send (the status
+decides), and once the exchange has accepted a DELETE, no second one is ever sent.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-import structlog
 
 from worker.errors import (
     AuthError,
+    ExchangeError,
     OrderNotFound,
     OutcomeUnknown,
     RateLimited,
@@ -34,15 +57,12 @@ from worker.models import (
     ErrorCode,
     OrderState,
 )
-from worker.records import now_ms
-from worker.scheduler import Turn
-from worker.services import Services
+from worker.settings import Settings
 
 MAX_UNKNOWN_SENDS = 5  # DELETEs in a row with unknown outcome before slow re-checks
 NOT_FOUND_CHECKS = 2  # an unknown id is final only after this many "not found" answers
 REFUSED_OPEN_RETRY_S = 0.5  # a refused cancel of a still-open order (just placed) waits this
-
-log = structlog.get_logger(__name__)
+ERROR_MESSAGE_CHARS = 300
 
 
 class Move(enum.Enum):
@@ -50,230 +70,218 @@ class Move(enum.Enum):
 
     DONE = "done"  # final, or nothing left to do for this turn
     CANCEL = "cancel"  # wait for a DELETE turn
-    CHECK = "check"  # wait for a status turn
+    CHECK = "check"  # wait for a status turn (an accepted order: the order lists first)
+
+
+class Answer(enum.Enum):
+    """What the exchange said, by what the rules must do about it."""
+
+    ORDER = "order"  # a usable order snapshot
+    UNKNOWN = "unknown"  # 5xx, timeout, malformed: it may have happened
+    RATE_LIMITED = "rate_limited"
+    AUTH = "auth"  # 401/403
+    REFUSED = "refused"  # another 4xx on a DELETE (final, mid-cancel, just placed, unknown id)
+    NOT_FOUND = "not_found"  # a status read of an id the exchange does not know
 
 
 @dataclass(frozen=True)
-class Step:
-    """The result of one turn: the next line to join, not before `delay_s`."""
+class Reply:
+    """One exchange answer: its kind, and the order or the error text."""
 
+    kind: Answer
+    order: dict[str, Any] | None = None
+    error: str = ""
+    status_code: int | None = None
+
+    @classmethod
+    def of(cls, call: Any) -> Reply:
+        """Make the call (a function returning an order) and classify what came back."""
+        try:
+            return cls(Answer.ORDER, order=call())
+        except ExchangeError as exc:
+            for kind, types in _KINDS:
+                if isinstance(exc, types):
+                    return cls(kind, error=str(exc), status_code=exc.status_code)
+            raise
+
+
+_KINDS: tuple[tuple[Answer, Any], ...] = (
+    (Answer.UNKNOWN, OutcomeUnknown),
+    (Answer.RATE_LIMITED, RateLimited),
+    (Answer.AUTH, AuthError),
+    (Answer.NOT_FOUND, OrderNotFound),
+    (Answer.REFUSED, Refused),
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A record to store (None: as it is) and where the order goes next.
+
+    `delay_s` None means: when the exchange usually confirms an accepted cancel (learned,
+    worker.confirmation). `event` names the log line worth writing about it.
+    """
+
+    record: CancelRecord | None
     move: Move
-    delay_s: float = 0.0
-    record: CancelRecord | None = None
+    delay_s: float | None = 0.0
+    event: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def _error(code: ErrorCode, message: str) -> dict[str, str]:
-    return {"code": code.value, "message": message[:300]}
+    return {"code": code.value, "message": message[:ERROR_MESSAGE_CHARS]}
 
 
-def poll_delay_s(services: Services, polls: int) -> float:
+def _changed(record: CancelRecord, **values: Any) -> CancelRecord:
+    new = copy.deepcopy(record)
+    for name, value in values.items():
+        setattr(new, name, value)
+    return new
+
+
+def poll_delay_s(settings: Settings, polls: int) -> float:
     """Growing, capped delay before the next status read."""
-    settings = services.settings
     return float(min(settings.poll_max_delay_s, settings.poll_initial_delay_s * 2**polls))
 
 
-def _record_truth(services: Services, order_id: str, order: dict[str, Any]) -> Step | None:
-    """Record what a status or cancel answer says; None if the order is still open (RAISED)."""
-    status = order["status"]
-    store = services.store
-    if status in EXCHANGE_TERMINAL:
-        record = store.settle(order_id, order)
-        log.info("order.final", state=status)
-        return Step(Move.DONE, record=record)
-    if status == EXCHANGE_OPEN:
-        return None
-    if status != EXCHANGE_CANCEL_PENDING:
-        # A status this version does not know: keep the snapshot, keep polling, never guess.
-        log.warning("order.unknown_status", status=status)
-    accepted: dict[str, Any] = (
-        {"cancel_accepted": True} if status == EXCHANGE_CANCEL_PENDING else {}
-    )
-    record = store.transition(
-        order_id,
-        OrderState.CANCELLATION_RAISED,
-        order=order,
-        delete_in_flight=False,
-        unknown_sends=0,
-        **accepted,
-    )
-    return Step(Move.CHECK, services.settings.poll_initial_delay_s, record)
-
-
-def _fail(services: Services, order_id: str, code: ErrorCode, exc: Exception) -> Step:
-    record = services.store.transition(
-        order_id, OrderState.FAILED, error=_error(code, str(exc)), delete_in_flight=False
-    )
-    if code is ErrorCode.AUTH:
-        log.error("order.failed_auth", error=str(exc))
-    else:
-        log.warning("order.failed", code=code.value, error=str(exc))
-    return Step(Move.DONE, record=record)
-
-
-def _not_found(services: Services, order_id: str, exc: OrderNotFound) -> Step:
-    """Count a 'not found'; final only on the NOT_FOUND_CHECKS-th (a fresh order can lag)."""
-
-    def bump(record: CancelRecord) -> CancelRecord:
-        record.not_found += 1
-        return record
-
-    record = services.store.update(order_id, bump)
-    if record is not None and record.not_found >= NOT_FOUND_CHECKS:
-        return _fail(services, order_id, ErrorCode.ORDER_NOT_FOUND, exc)
-    return Step(Move.CHECK, services.settings.poll_initial_delay_s, record)
-
-
-def give_to_sweeper(services: Services, order_id: str, code: ErrorCode, message: str) -> Step:
-    """Mark UNCONFIRMED and re-check slowly; never invent a final state."""
-    record = services.store.transition(
-        order_id, OrderState.UNCONFIRMED, error=_error(code, message)
-    )
-    return Step(Move.CHECK, services.settings.recheck_interval_s, record)
-
-
-def cancel_turn(services: Services, order_id: str, turn: Turn, *, owner: str) -> Step:
-    """Use a DELETE turn for one order: send the DELETE (at most once after it is accepted)."""
-    store = services.store
-    record = store.get(order_id)
-    if record is None or record.is_final:
-        return Step(Move.DONE, record=record)
-    if record.cancel_accepted:
-        return Step(Move.CHECK, poll_delay_s(services, record.polls), record)
-    if record.delete_in_flight:
-        # An earlier DELETE's outcome is unknown: the status decides whether to send again.
-        return Step(Move.CHECK, 0.0, record)
-    lease = services.keys.cancel_lease(order_id)
-    if not services.leases.acquire(lease, owner, services.lease_ttl_ms):
-        log.info("cancel.duplicate_delivery")
-        return Step(Move.DONE, record=record)
-    try:
-        return _send_cancel(services, record, turn)
-    finally:
-        services.leases.release(lease, owner)
-
-
-def _send_cancel(services: Services, record: CancelRecord, turn: Turn) -> Step:
-    store, order_id = services.store, record.order_id
-    # Marked before the turn is taken, so nothing but signing stands between turn and send.
-    marked = store.transition(
-        order_id,
-        record.state,
-        attempts=record.attempts + 1,
-        delete_in_flight=True,
-        refused=False,
-    )
-    if marked is None or marked.is_final:
-        return Step(Move.DONE, record=marked)
-    if not turn.take():  # paused (a 429, no replica): queue again, keeping the place
-        store.transition(order_id, record.state, attempts=record.attempts, delete_in_flight=False)
-        return Step(Move.CANCEL, record=record)
-    client = services.exchange(record.account)
-    try:
-        order = turn.request(lambda: client.cancel_order(order_id, record.exchange))
-    except OutcomeUnknown as exc:
+def after_delete(record: CancelRecord, reply: Reply, settings: Settings) -> Decision:
+    """The first table: a DELETE's answer, for a record marked as under way."""
+    kind = reply.kind
+    if kind is Answer.ORDER:
+        assert reply.order is not None
+        return _after_snapshot(record, reply.order, settings, accepted_if_open=True)
+    if kind is Answer.UNKNOWN:
         streak = record.unknown_sends + 1
-        log.warning("cancel.outcome_unknown", error=str(exc), attempt=marked.attempts)
-        store.transition(order_id, record.state, unknown_sends=streak)  # still in flight
         if streak >= MAX_UNKNOWN_SENDS:
-            return give_to_sweeper(
-                services, order_id, ErrorCode.EXCHANGE_UNAVAILABLE, "exchange kept failing"
+            return unconfirmed(
+                _changed(record, unknown_sends=streak),
+                ErrorCode.EXCHANGE_UNAVAILABLE,
+                "exchange kept failing",
+                settings,
             )
-        return Step(Move.CHECK, 0.0, marked)
-    except RateLimited:
-        store.transition(order_id, record.state, delete_in_flight=False)
-        return Step(Move.CANCEL, record=record)
-    except AuthError as exc:
-        return _fail(services, order_id, ErrorCode.AUTH, exc)
-    except (Refused, OrderNotFound) as exc:
-        # Refused: already final, mid-cancel, or just placed. The status says which.
-        log.info("cancel.refused", http_status=exc.status_code, error=str(exc))
-        updated = store.transition(order_id, record.state, delete_in_flight=False, refused=True)
-        return Step(Move.CHECK, 0.0, updated)
-    settled = _record_truth(services, order_id, order)
-    if settled is not None:
-        return settled
-    # 200 yet still RAISED: the exchange took the request; confirm by polling.
-    updated = store.transition(
-        order_id,
-        OrderState.CANCELLATION_RAISED,
-        order=order,
-        cancel_accepted=True,
-        delete_in_flight=False,
-        unknown_sends=0,
-    )
-    return Step(Move.CHECK, services.settings.poll_initial_delay_s, updated)
+        changed = _changed(record, unknown_sends=streak)
+        return Decision(changed, Move.CHECK, 0.0, "cancel.outcome_unknown", {"error": reply.error})
+    if kind is Answer.RATE_LIMITED:
+        return Decision(_changed(record, delete_in_flight=False), Move.CANCEL)
+    if kind is Answer.AUTH:
+        return failed(record, ErrorCode.AUTH, reply.error)
+    changed = _changed(record, delete_in_flight=False, refused=True)
+    fields = {"http_status": reply.status_code, "error": reply.error}
+    return Decision(changed, Move.CHECK, 0.0, "cancel.refused", fields)
 
 
-def check_turn(services: Services, order_id: str, turn: Turn, *, owner: str) -> Step:
-    """Use a status turn for one order: read its status once and decide what comes next."""
-    store = services.store
-    record = store.get(order_id)
-    if record is None or record.is_final:
-        return Step(Move.DONE, record=record)
-    lease = services.keys.poll_lease(order_id)
-    if not services.leases.acquire(lease, owner, services.lease_ttl_ms):
-        return Step(Move.DONE, record=record)  # another delivery is reading it right now
-    try:
-        record = store.get(order_id)  # re-read under the lease
-        if record is None or record.is_final:
-            return Step(Move.DONE, record=record)
-        return _check(services, record, turn)
-    finally:
-        services.leases.release(lease, owner)
-
-
-def _check(services: Services, record: CancelRecord, turn: Turn) -> Step:
-    order_id = record.order_id
-    if not turn.take():
-        return Step(Move.CHECK, record=record)
-    try:
-        client = services.exchange(record.account)
-        order = turn.request(lambda: client.get_order(order_id))
-    except RateLimited:
-        return still_pending(services, record)
-    except OutcomeUnknown as exc:
-        log.warning("poll.outcome_unknown", error=str(exc))
-        return still_pending(services, record)
-    except AuthError as exc:
-        return _fail(services, order_id, ErrorCode.AUTH, exc)
-    except OrderNotFound as exc:
-        return _not_found(services, order_id, exc)
-    status = order["status"]
+def after_status(record: CancelRecord, reply: Reply, settings: Settings, now_ms: int) -> Decision:
+    """The second table: a status read's answer."""
+    kind = reply.kind
+    if kind is Answer.AUTH:
+        return failed(record, ErrorCode.AUTH, reply.error)
+    if kind is Answer.NOT_FOUND:
+        seen = record.not_found + 1
+        if seen >= NOT_FOUND_CHECKS:
+            return failed(_changed(record, not_found=seen), ErrorCode.ORDER_NOT_FOUND, reply.error)
+        return Decision(_changed(record, not_found=seen), Move.CHECK, settings.poll_initial_delay_s)
+    if kind is not Answer.ORDER:  # unknown, 429: look again later
+        event = "poll.outcome_unknown" if kind is Answer.UNKNOWN else None
+        return still_pending(record, settings, now_ms, event=event)
+    assert reply.order is not None
+    status = reply.order["status"]
     if status in EXCHANGE_TERMINAL:
-        return _record_truth(services, order_id, order) or Step(Move.DONE)
+        return settled(record, reply.order)
     if status == EXCHANGE_OPEN and not record.cancel_accepted:
         # No DELETE took effect (refused, lost, or never sent): cancel again.
-        updated = services.store.transition(
-            order_id, record.state, order=order, delete_in_flight=False
-        )
-        return Step(Move.CANCEL, REFUSED_OPEN_RETRY_S if record.refused else 0.0, updated)
-    if status not in (EXCHANGE_OPEN, EXCHANGE_CANCEL_PENDING):
-        log.warning("order.unknown_status", status=status)  # keep polling, never guess
-    return still_pending(services, record, order=order)
+        changed = _changed(record, order=reply.order, delete_in_flight=False)
+        return Decision(changed, Move.CANCEL, REFUSED_OPEN_RETRY_S if record.refused else 0.0)
+    event = None if status in (EXCHANGE_OPEN, EXCHANGE_CANCEL_PENDING) else "order.unknown_status"
+    return still_pending(record, settings, now_ms, order=reply.order, event=event)
+
+
+def settled(record: CancelRecord, order: dict[str, Any]) -> Decision:
+    """A terminal status the exchange showed (a status read, a list, a cancel's answer)."""
+    changed = _changed(
+        record, state=OrderState(order["status"]), order=order, delete_in_flight=False
+    )
+    return Decision(changed, Move.DONE, event="order.final")
+
+
+def _after_snapshot(
+    record: CancelRecord, order: dict[str, Any], settings: Settings, *, accepted_if_open: bool
+) -> Decision:
+    status = order["status"]
+    if status in EXCHANGE_TERMINAL:
+        return settled(record, order)
+    # CANCELLATION_RAISED, or still RAISED after a 200 (the exchange took the request).
+    accepted = status == EXCHANGE_CANCEL_PENDING or (accepted_if_open and status == EXCHANGE_OPEN)
+    changed = _changed(
+        record,
+        state=OrderState.CANCELLATION_RAISED,
+        order=order,
+        delete_in_flight=False,
+        unknown_sends=0,
+        cancel_accepted=record.cancel_accepted or accepted,
+    )
+    if not accepted and status != EXCHANGE_OPEN:
+        # A status this version does not know: keep the snapshot, keep polling, never guess.
+        delay_s = settings.poll_initial_delay_s
+        return Decision(changed, Move.CHECK, delay_s, "order.unknown_status", {"status": status})
+    return Decision(changed, Move.CHECK, None)
+
+
+def failed(record: CancelRecord, code: ErrorCode, message: str) -> Decision:
+    """FAILED, definitively (auth, or an order the exchange does not know)."""
+    changed = _changed(
+        record, state=OrderState.FAILED, error=_error(code, message), delete_in_flight=False
+    )
+    event = "order.failed_auth" if code is ErrorCode.AUTH else "order.failed"
+    return Decision(changed, Move.DONE, event=event, fields={"code": code.value, "error": message})
+
+
+def unconfirmed(
+    record: CancelRecord, code: ErrorCode, message: str, settings: Settings
+) -> Decision:
+    """UNCONFIRMED: re-checked slowly until the exchange shows the truth; never invented."""
+    changed = _changed(record, state=OrderState.UNCONFIRMED, error=_error(code, message))
+    return Decision(changed, Move.CHECK, settings.recheck_interval_s, "order.unconfirmed")
 
 
 def still_pending(
-    services: Services, record: CancelRecord, *, order: dict[str, Any] | None = None
-) -> Step:
-    """Record that the order is not final yet; say when to look again (UNCONFIRMED when
-    active confirmation is spent: too many looks, or past the deadline)."""
-    settings = services.settings
+    record: CancelRecord,
+    settings: Settings,
+    now_ms: int,
+    *,
+    order: dict[str, Any] | None = None,
+    event: str | None = None,
+) -> Decision:
+    """Not final yet: one more look counted; UNCONFIRMED once active confirmation is spent
+    (too many looks, or past the deadline)."""
     accepted = record.cancel_accepted or (order or {}).get("status") == EXCHANGE_CANCEL_PENDING
     raised_at = next(
         (h["at"] for h in reversed(record.history) if h["state"] == "CANCELLATION_RAISED"),
         record.updated_at,
     )
     spent = record.polls + 1 >= settings.poll_max_attempts
-    late = now_ms() - raised_at > settings.poll_deadline_s * 1000
+    late = now_ms - raised_at > settings.poll_deadline_s * 1000
     if record.state is OrderState.UNCONFIRMED or spent or late:
         if record.state is not OrderState.UNCONFIRMED:
-            log.warning("poll.unconfirmed", polls=record.polls + 1)
+            event = "poll.unconfirmed"
         state, delay_s = OrderState.UNCONFIRMED, settings.recheck_interval_s
     elif record.state is OrderState.QUEUED and not accepted:
-        state, delay_s = OrderState.QUEUED, poll_delay_s(services, record.polls)
+        state, delay_s = OrderState.QUEUED, poll_delay_s(settings, record.polls)
     else:
-        state, delay_s = OrderState.CANCELLATION_RAISED, poll_delay_s(services, record.polls)
-    updated = services.store.transition(
-        record.order_id, state, order=order, cancel_accepted=accepted, polls=record.polls + 1
+        state, delay_s = OrderState.CANCELLATION_RAISED, poll_delay_s(settings, record.polls)
+    changed = _changed(
+        record,
+        state=state,
+        order=order if order is not None else record.order,
+        cancel_accepted=accepted,
+        polls=record.polls + 1,
     )
-    return Step(Move.CHECK, delay_s, updated)
+    return Decision(changed, Move.CHECK, delay_s, event)
+
+
+def put_back(record: CancelRecord) -> Decision:
+    """Where an unfinished order whose turn was lost goes: its DELETE if none may have been
+    sent, else a status read (which decides the rest)."""
+    fresh = record.state is OrderState.QUEUED
+    resend = fresh and not record.delete_in_flight and not record.cancel_accepted
+    return Decision(None, Move.CANCEL if resend else Move.CHECK)

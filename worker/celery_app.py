@@ -8,6 +8,7 @@ worker node): worker.scheduler enforces them in Redis for the whole fleet.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import redis
@@ -27,14 +28,20 @@ from worker.keys import (
 from worker.log import configure_logging
 from worker.settings import Settings
 
+#: Public names: any producer may send these by name, with plain JSON arguments.
 CANCEL_TASK = "cancel_worker.cancel_order"
 POLL_TASK = "cancel_worker.poll_order_status"
 CANCEL_ALL_TASK = "cancel_worker.cancel_all"
-LIST_TASK = "cancel_worker.list_orders"  # internal: a turn of an order-list budget
+TRACK_TASK = "cancel_worker.track_orders"
 SWEEP_TASK = "cancel_worker.sweep"
 DEADMAN_ARM_TASK = "cancel_worker.deadman_arm"
 DEADMAN_HEARTBEAT_TASK = "cancel_worker.deadman_heartbeat"
 DEADMAN_DISARM_TASK = "cancel_worker.deadman_disarm"
+#: Internal names: the turns handed out (only the scheduler's hand-outs publish these).
+CANCEL_TURN_TASK = "cancel_worker.cancel_turn"
+STATUS_TURN_TASK = "cancel_worker.status_turn"
+CANCEL_ALL_TURN_TASK = "cancel_worker.cancel_all_turn"
+LIST_TASK = "cancel_worker.list_orders"  # a turn of an order-list budget
 
 UNACKED_RESTORE_INTERVAL_S = 2  # how often a worker scans for messages of dead workers
 UNACKED_MUTEX_EXPIRE_S = 15  # a worker killed during that scan blocks restores this long
@@ -95,8 +102,12 @@ def make_app(settings: Settings) -> Celery:
         task_default_queue=POLL_QUEUE,
         task_routes={
             CANCEL_TASK: {"queue": CANCEL_QUEUE},
+            CANCEL_TURN_TASK: {"queue": CANCEL_QUEUE},
             CANCEL_ALL_TASK: {"queue": CANCEL_QUEUE},
+            CANCEL_ALL_TURN_TASK: {"queue": CANCEL_QUEUE},
+            TRACK_TASK: {"queue": CANCEL_QUEUE},
             POLL_TASK: {"queue": POLL_QUEUE},
+            STATUS_TURN_TASK: {"queue": POLL_QUEUE},
             LIST_TASK: {"queue": POLL_QUEUE},
             SWEEP_TASK: {"queue": POLL_QUEUE},
             DEADMAN_ARM_TASK: {"queue": POLL_QUEUE},
@@ -131,5 +142,31 @@ def _setup_logging(**_: Any) -> None:
     configure_logging()
 
 
-settings = Settings.from_env()
-app = make_app(settings)
+_apps: list[tuple[Settings, Celery]] = []
+_apps_lock = threading.Lock()
+
+
+def app_for(settings: Settings) -> Celery:
+    """The Celery app of these settings, built once (a producer's, or the worker's own)."""
+    with _apps_lock:
+        for known, app in _apps:
+            if known == settings:
+                return app
+        app = make_app(settings)
+        _apps.append((settings, app))
+        return app
+
+
+def __getattr__(name: str) -> Any:
+    """`app` and `settings` from the environment, built on first use (PEP 562): importing
+    this module reads no configuration, so a bad variable is reported by what needs it."""
+    if name == "settings":
+        return _env_settings()
+    if name == "app":
+        return app_for(_env_settings())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _env_settings() -> Settings:
+    return Settings.from_env()

@@ -22,6 +22,7 @@ from kombu.exceptions import OperationalError
 from worker import stack
 from worker.deadman import SwitchTripped
 from worker.errors import BrokerUnavailable, ConfigError, InvalidRequest
+from worker.estimates import Estimates
 from worker.models import (
     BATCH_PREFIX,
     DEFAULT_ACCOUNT,
@@ -409,7 +410,7 @@ def _cancel(args: argparse.Namespace) -> int:
         show(record, args.json, sys.stdout)
     if not args.wait:
         return EXIT_OK
-    observer = get_services().observer()
+    estimates = Estimates(get_services().observer())
     progress = Progress(sys.stdout, args.json)
     order_ids = [record.order_id for record in records]
     seen = {record.order_id: record.state for record in records}
@@ -435,7 +436,7 @@ def _cancel(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_TIMEOUT
-        progress.report(observer, pending)
+        progress.report(estimates, pending)
         time.sleep(WAIT_POLL_INTERVAL_S)
 
 
@@ -483,7 +484,7 @@ def _status(args: argparse.Namespace) -> int:
     batches = {i: get_batch(i) for i in batch_ids}  # validates every batch id first
     order_ids = [i for i in args.order_ids if not i.startswith(BATCH_PREFIX)]
     records = dict(zip(order_ids, get_records(order_ids), strict=True))  # and every order id
-    observer = get_services().observer()
+    estimates = Estimates(get_services().observer())
     code = EXIT_OK
     for batch_id, batch in batches.items():
         if batch is None:
@@ -502,7 +503,7 @@ def _status(args: argparse.Namespace) -> int:
             else:
                 print(f"{order_id}  no cancel requested (or its record expired)", flush=True)
             continue
-        waiting = where(observer, record)
+        waiting = where(estimates, record)
         if args.json:
             print(json.dumps({**record.public(), "waiting": waiting_json(waiting)}), flush=True)
         else:
@@ -520,10 +521,11 @@ def _limits(args: argparse.Namespace) -> int:
 
     services = get_services()
     observer = services.observer()
+    estimates = Estimates(observer)
     rows: list[dict[str, Any]] = []
     for account in sorted(observer.accounts):
         for bucket in Bucket:
-            usage = observer.usage(account, bucket)
+            usage = estimates.usage(account, bucket)
             row = {**usage.__dict__, "bucket": bucket.value}
             row.pop("margin_ms")
             rows.append(row)

@@ -15,16 +15,23 @@ repeated boundary order), and settles only orders it lists as final: absence set
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from worker.cancellation import settled as settled_decision
 from worker.cancellation import still_pending
 from worker.errors import AuthError, ExchangeError
 from worker.exchange import LIST_LIMIT, LIST_WINDOW_MS
 from worker.models import DEFAULT_EXCHANGE, EXCHANGE_TERMINAL, Bucket, CancelRecord, Priority
-from worker.records import now_ms
-from worker.scheduler import Scheduler, Turn
+from worker.records import Next, now_ms
+from worker.scheduler import Scheduler
+from worker.scripts import script
 from worker.services import Services
+from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.turns import Turn
 
 CONFIRM_JOB = "confirm"  # the list pass of one account; `confirm@<to_time>` continues it
 LIST_MIN_ORDERS = 3  # fewer awaiting confirmation: a status read each instead
@@ -34,24 +41,51 @@ MAX_ORDERS_PER_PASS = 500  # orders one pass looks for, at most
 MAX_PAGES_PER_PASS = 4  # pages one pass reads before the status reads take over
 CLOCK_SKEW_MS = 5000  # our clock and the exchange's may differ this much (its advice)
 RETRY_AFTER_FAULT_S = 1.0  # a pass whose list call failed looks again after this
+#: The first status read of an accepted order goes when the exchange usually confirms one:
+#: the largest of the fleet's recent confirm times with headroom, within these bounds (the
+#: configured initial poll delay until there is history).
+CONFIRM_FLOOR_MS = 20
+CONFIRM_CEILING_MS = 5000
+CONFIRM_HEADROOM = 1.2
+CONFIRM_SAMPLES = 32
+CONFIRM_MEMORY_S = 3600
 
 log = structlog.get_logger(__name__)
 
 
-def await_confirmation(
-    services: Services,
-    scheduler: Scheduler,
+def behind_ms(scheduler: Scheduler, account: str) -> int:
+    """How long a status read waits behind the list pass it backs up."""
+    return round(
+        min(LIST_LAST_S, max(LIST_FIRST_S, 2 * pass_interval_s(scheduler, account))) * 1000
+    )
+
+
+def confirm_step(
     record: CancelRecord,
-    delay_s: float,
+    delay_ms: int,
+    scheduler: Scheduler,
+    settings: Settings,
     *,
     looked: bool = False,
-) -> None:
-    """Queue an accepted order's confirmation: a list pass first, a status read behind it.
-
-    An order the lists just looked for (`looked`) is due again after `delay_s`; otherwise an
-    earlier due time it already has is kept.
-    """
-    await_many(services, scheduler, [record], delay_s, looked=looked)
+) -> Next:
+    """The confirmation an accepted order joins (store.lua / confirm.lua carry it out): due
+    after `delay_ms` (-1: when the exchange usually confirms), offered to the account's list
+    pass when enough wait, with a status read behind."""
+    return Next(
+        "confirm",
+        Priority(record.priority),
+        record.owner or "",
+        delay_ms,
+        looked=looked,
+        confirm={
+            "job": CONFIRM_JOB,
+            "min_orders": LIST_MIN_ORDERS,
+            "behind_ms": behind_ms(scheduler, record.account),
+            "floor_ms": CONFIRM_FLOOR_MS,
+            "ceiling_ms": CONFIRM_CEILING_MS,
+            "default_ms": round(settings.poll_initial_delay_s * 1000),
+        },
+    )
 
 
 def await_many(
@@ -59,27 +93,37 @@ def await_many(
     scheduler: Scheduler,
     records: list[CancelRecord],
     delay_s: float,
-    *,
-    looked: bool = False,
 ) -> None:
-    """`await_confirmation` for orders of one account, in a few calls whatever their number."""
+    """Accepted orders of one account await their final state (a list pass first when enough
+    wait, a status read behind each), in one call whatever their number."""
     if not records:
         return
     account = records[0].account
-    urgent = any(r.priority == Priority.URGENT.value for r in records)
-    priority = Priority.URGENT if urgent else Priority.NORMAL
-    key = services.keys.confirm(account)
-    awaiting = int(services.redis.zcard(key))
-    due = now_ms() + int(delay_s * 1000)
-    services.redis.zadd(key, {r.order_id: due for r in records}, lt=not looked)
-    status_delay_s = delay_s
-    if awaiting + len(records) >= LIST_MIN_ORDERS:
-        join_pass(services, scheduler, account, priority, delay_s)
-        behind_s = min(LIST_LAST_S, max(LIST_FIRST_S, 2 * pass_interval_s(scheduler, account)))
-        status_delay_s = delay_s + behind_s
-    for rank in (Priority.URGENT, Priority.NORMAL):
-        jobs = [r.order_id for r in records if Priority(r.priority) is rank]
-        scheduler.join(account, Bucket.STATUS, jobs, priority=rank, delay_s=status_delay_s)
+    keys = services.keys
+    closed = scheduler.line(account, Bucket.CLOSED_ORDERS)
+    status = scheduler.line(account, Bucket.STATUS)
+    args: list[Any] = [
+        *closed.args,
+        *status.args,
+        CONFIRM_JOB,
+        LIST_MIN_ORDERS,
+        behind_ms(scheduler, account),
+        round(delay_s * 1000),
+        "0",
+    ]
+    for record in records:
+        args += [record.order_id, Priority(record.priority).rank, record.owner or ""]
+    script(services.redis, "await")(
+        keys=[
+            keys.confirm(account),
+            keys.confirm_pass(account),
+            *closed.keys,
+            *status.keys,
+            keys.active,
+            keys.wake,
+        ],
+        args=args,
+    )
 
 
 def pass_interval_s(scheduler: Scheduler, account: str) -> float:
@@ -186,10 +230,11 @@ def confirm_turn(services: Services, account: str, job: str, turn: Turn) -> None
         _again(services, scheduler, account, urgent, delay_s=RETRY_AFTER_FAULT_S)
         return
     settled: set[str] = set()
+    store = services.store
     for order in page.orders:
         order_id = str(order["order_id"]).lower()
         if order_id in wanted and order["status"] in EXCHANGE_TERMINAL:
-            services.store.settle(order_id, order)
+            store.update(order_id, lambda r, o=order: settled_decision(r, o).record, scheduler)
             settled.add(order_id)
     log.info("confirm.pass", account=account, looked_for=len(wanted), settled=len(settled))
     remaining = len(wanted) - len(settled)
@@ -208,14 +253,22 @@ def confirm_turn(services: Services, account: str, job: str, turn: Turn) -> None
             priority=Priority.URGENT if urgent else Priority.NORMAL,
         )
         return
-    for order_id, record in wanted.items():
+    settings = services.settings
+    for order_id in wanted:
         if order_id not in settled:
             # Not final yet: counts as a look, like a status read (UNCONFIRMED when spent).
-            step = still_pending(services, record)
-            await_confirmation(
-                services, scheduler, step.record or record, step.delay_s, looked=True
-            )
+            store.update(order_id, lambda r: _looked(r, settings, scheduler), scheduler)
     _again(services, scheduler, account, None)
+
+
+def _looked(
+    record: CancelRecord, settings: Settings, scheduler: Scheduler
+) -> tuple[CancelRecord | None, Next | None]:
+    """An order a pass looked for and did not find final: one more look, due again later."""
+    decision = still_pending(record, settings, now_ms())
+    after = decision.record or record
+    delay_ms = round((decision.delay_s or 0.0) * 1000)
+    return decision.record, confirm_step(after, delay_ms, scheduler, settings, looked=True)
 
 
 def parse_page(job: str) -> tuple[int, int] | None:

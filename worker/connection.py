@@ -29,26 +29,12 @@ import redis
 import redis.sentinel
 
 from worker.keys import Keys
+from worker.scripts import script
 from worker.settings import Settings
 
 REDIS_SOCKET_TIMEOUT_S = 5.0
 REDIS_HEALTH_CHECK_INTERVAL_S = 15
 REPLICAS_CACHE_S = 1.0  # how often the number of online replicas is re-read
-
-#: Note which primary serves now, and whether a replica confirmed its send times.
-#: KEYS: [1] primary hash   ARGV: [1] run id, [2] "1" if replicas are connected now
-#: Returns: 0 same primary (or the first seen); 1 a new primary after one whose send times
-#: a replica confirmed; 2 a new primary after one without replicas (a restart).
-PRIMARY_LUA = """
-local seen = redis.call('HGET', KEYS[1], 'run_id')
-local replicated = redis.call('HGET', KEYS[1], 'replicated')
-if seen ~= ARGV[1] or replicated ~= ARGV[2] then
-  redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'replicated', ARGV[2])
-end
-if not seen or seen == ARGV[1] then return 0 end
-if replicated == '1' then return 1 end
-return 2
-"""
 
 
 @dataclass(frozen=True)
@@ -130,7 +116,7 @@ class Replication:
         self.healthy = True  # the last confirmation succeeded
         self._replicas = 0
         self._read_at = -REPLICAS_CACHE_S
-        self._primary = client.register_script(PRIMARY_LUA)
+        self._primary = script(client, "primary")
 
     def replicas(self) -> int:
         """Replicas online now (re-read every REPLICAS_CACHE_S). One still in its first sync
@@ -146,6 +132,15 @@ class Replication:
                 and value.get("state") == "online"
             )
             self._read_at = now
+        return self._replicas
+
+    def note_replicas(self, count: int) -> None:
+        """Replicas online as a script just counted them (saves reading INFO)."""
+        self._replicas, self._read_at = count, time.monotonic()
+
+    @property
+    def known_replicas(self) -> int:
+        """Replicas online when last counted (by a script or INFO), without asking Redis."""
         return self._replicas
 
     def confirmed(self) -> bool:

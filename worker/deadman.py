@@ -44,7 +44,7 @@ from worker.models import (
     validate_symbol,
 )
 from worker.records import DEFAULT_EVENTS_MAXLEN, now_ms
-from worker.scheduler import LIBRARY
+from worker.scripts import script
 from worker.services import Services, get_services
 from worker.settings import redact_url
 
@@ -106,120 +106,6 @@ class Switch:
         }
 
 
-#: Arm (or re-arm) a switch: its settings, its first deadline, an event; wake the watchers.
-#: KEYS: [1] switch hash, [2] beat key, [3] armed set, [4] names set, [5] events, [6] wake
-#: ARGV: [1] name, [2] account, [3] exchange, [4] symbols (comma-separated), [5] timeout ms,
-#:       [6] events maxlen
-#: Returns: the arming time (ms, Redis clock).
-ARM_LUA = (
-    LIBRARY
-    + """
-local now = clock()
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'account', ARGV[2], 'exchange', ARGV[3], 'symbols', ARGV[4],
-  'timeout_ms', ARGV[5], 'state', 'ARMED', 'armed_at', now)
-redis.call('SET', KEYS[2], now, 'PX', tonumber(ARGV[5]))
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'deadman', 'name', ARGV[1],
-  'account', ARGV[2], 'symbols', ARGV[4], 'state', 'ARMED', 'at', now, 'batches', '')
-wake(KEYS[6])
-return now
-"""
-)
-
-#: A heartbeat: push the deadline one timeout ahead, only if the switch is armed and alive.
-#: KEYS: [1] switch hash, [2] beat key
-#: Returns: {1, timeout_ms} beaten; {2} tripped or firing (or its deadline passed);
-#:          {3} disarmed; {0} unknown.
-BEAT_LUA = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {0} end
-if state == 'DISARMED' then return {3} end
-if state ~= 'ARMED' then return {2} end
-local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout_ms'))
-if not redis.call('SET', KEYS[2], redis.call('TIME')[1], 'PX', timeout, 'XX') then
-  return {2}
-end
-return {1, timeout}
-"""
-
-#: Disarm a switch (armed or tripped): no more watching; an event.
-#: KEYS: [1] switch hash, [2] beat key, [3] armed set, [4] firing zset, [5] events
-#: ARGV: [1] name, [2] events maxlen
-#: Returns: the state it had ("" if unknown).
-DISARM_LUA = (
-    LIBRARY
-    + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return '' end
-if state == 'FIRING' then return state end
-redis.call('HSET', KEYS[1], 'state', 'DISARMED')
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[1])
-if state ~= 'DISARMED' then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'deadman', 'name', ARGV[1],
-    'account', redis.call('HGET', KEYS[1], 'account'), 'symbols',
-    redis.call('HGET', KEYS[1], 'symbols'), 'state', 'DISARMED', 'at', clock(), 'batches', '')
-end
-return state
-"""
-)
-
-#: Claim every armed switch whose deadline passed (and retry fires that stalled).
-#: KEYS: [1] armed set, [2] firing zset
-#: ARGV: [1] switch hash prefix, [2] beat key prefix, [3] firing retry ms
-#: Returns: {ms until the next deadline (-1: none), names to fire...}
-CHECK_LUA = (
-    LIBRARY
-    + """
-local now = clock()
-local fire, next_ms = {}, -1
-for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local left = redis.call('PTTL', ARGV[2] .. name)
-  if left == -2 then
-    redis.call('HSET', ARGV[1] .. name, 'state', 'FIRING', 'fired_at', now)
-    redis.call('SREM', KEYS[1], name)
-    redis.call('ZADD', KEYS[2], now, name)
-    fire[#fire + 1] = name
-  elseif left >= 0 and (next_ms < 0 or left < next_ms) then
-    next_ms = left
-  end
-end
-local stalled = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))
-for _, name in ipairs(stalled) do
-  redis.call('ZADD', KEYS[2], now, name)
-  fire[#fire + 1] = name
-end
-table.insert(fire, 1, next_ms)
-return fire
-"""
-)
-
-#: A switch's cancel-alls exist: it is TRIPPED; the event that says what it cancelled.
-#: KEYS: [1] switch hash, [2] firing zset, [3] events, [4] stats hash
-#: ARGV: [1] name, [2] batch ids (comma-separated), [3] events maxlen
-#: Returns: 1 if tripped now, 0 if it was no longer firing.
-TRIP_LUA = (
-    LIBRARY
-    + """
-if redis.call('HGET', KEYS[1], 'state') ~= 'FIRING' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 0
-end
-local now = clock()
-redis.call('HSET', KEYS[1], 'state', 'TRIPPED', 'tripped_at', now, 'batches', ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'deadman', 'name', ARGV[1],
-  'account', redis.call('HGET', KEYS[1], 'account'), 'symbols',
-  redis.call('HGET', KEYS[1], 'symbols'), 'state', 'DEADMAN_TRIGGERED', 'at', now,
-  'fired_at', redis.call('HGET', KEYS[1], 'fired_at'), 'batches', ARGV[2])
-redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
-return 1
-"""
-)
-
-
 def validate_name(value: object) -> str:
     """Return a switch name, or raise InvalidRequest naming the value."""
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
@@ -247,11 +133,11 @@ class Deadman:
         self.services = services
         self.keys = services.keys
         client = services.redis
-        self._arm = client.register_script(ARM_LUA)
-        self._beat = client.register_script(BEAT_LUA)
-        self._disarm = client.register_script(DISARM_LUA)
-        self._check = client.register_script(CHECK_LUA)
-        self._trip = client.register_script(TRIP_LUA)
+        self._arm = script(client, "deadman_arm")
+        self._beat = script(client, "deadman_beat")
+        self._disarm = script(client, "deadman_disarm")
+        self._check = script(client, "deadman_check")
+        self._trip = script(client, "deadman_trip")
 
     def arm(
         self,
@@ -271,7 +157,7 @@ class Deadman:
                 keys.deadman_armed,
                 keys.deadman_names,
                 keys.events,
-                keys.wake,
+                keys.deadman_wake,
             ],
             args=[
                 name,
@@ -391,7 +277,9 @@ class Deadman:
                 priority=Priority.URGENT,
                 at=now_ms(),
             )
-            services.batches.create(batch, watch_at_ms=now_ms() + services.watch_grace_ms)
+            services.batches.create(
+                batch, services.scheduler, watch_at_ms=now_ms() + services.watch_grace_ms
+            )
             batch_ids.append(batch_id)
         tripped = self._trip(
             keys=[

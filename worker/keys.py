@@ -1,8 +1,8 @@
 """Every Redis key, channel and queue name cancel-worker uses, in one place.
 
 Our keys live under one namespace prefix (`cw:` by default). Budgets are keyed by a
-fingerprint of the API key (two account names for one key share its budget); waiting rooms
-by account name, which is all a producer knows. Kombu's own keys (broker queues, the unacked
+fingerprint of the API key (two account names for one key share its budget); lines by
+account name, which is all a producer knows. Kombu's own keys (broker queues, the unacked
 hash) are named here too, because metrics read them.
 """
 
@@ -113,22 +113,31 @@ class Keys:
         """Hash: counters of one budget (sends made, 429s seen)."""
         return f"{self.schedule(fingerprint, bucket)}:stats"
 
-    def room_ready(self, account: str, bucket: str) -> str:
-        """Sorted set: jobs waiting for a turn of one budget, most urgent, then oldest, first."""
-        return f"{self.namespace}:room:{account}:{bucket}:ready"
+    def line_owners(self, account: str, bucket: str) -> str:
+        """Sorted set: the owners with jobs ready in one line, in the order they are served."""
+        return f"{self.namespace}:line:{account}:{bucket}:owners"
 
-    def room_later(self, account: str, bucket: str) -> str:
-        """Sorted set: jobs that may not go before a time (ms): a poll's countdown."""
-        return f"{self.namespace}:room:{account}:{bucket}:later"
+    def line_queue(self, account: str, bucket: str, owner: str) -> str:
+        """Sorted set: one owner's jobs ready in one line, most urgent, then oldest, first.
+        (`line_queue(account, bucket, "")` is also the prefix scripts add an owner to.)"""
+        return f"{self.namespace}:line:{account}:{bucket}:q:{owner}"
 
-    def room_info(self, account: str, bucket: str) -> str:
-        """Hash: job → `rank:since` of the jobs in the later set, to rank them once ready."""
-        return f"{self.namespace}:room:{account}:{bucket}:info"
+    def line_later(self, account: str, bucket: str) -> str:
+        """Sorted set: jobs of one line that may not go before a time (ms): a countdown."""
+        return f"{self.namespace}:line:{account}:{bucket}:later"
+
+    def line_jobs(self, account: str, bucket: str) -> str:
+        """Hash: every job waiting in one line → `rank:since:position:owner`."""
+        return f"{self.namespace}:line:{account}:{bucket}:jobs"
+
+    def line_clock(self, account: str, bucket: str) -> str:
+        """Hash: each owner's virtual time in one line, and the line's own (field `*`)."""
+        return f"{self.namespace}:line:{account}:{bucket}:clock"
 
     @property
     def active(self) -> str:
         """Sorted set: `account|bucket` of every line with jobs → when it next needs a look (ms)."""
-        return f"{self.namespace}:rooms:active"
+        return f"{self.namespace}:lines:active"
 
     @property
     def wake(self) -> str:
@@ -144,6 +153,16 @@ class Keys:
     def margin(self) -> str:
         """String: the margin (ms) added to every window, learned from the spans."""
         return f"{self.namespace}:net:margin"
+
+    @property
+    def confirm_times(self) -> str:
+        """List: recent times (ms) from a cancel accepted to the exchange showing it final."""
+        return f"{self.namespace}:net:confirm_times"
+
+    @property
+    def confirm_delay(self) -> str:
+        """String: when (ms after acceptance) an order's first status read goes, learned."""
+        return f"{self.namespace}:net:confirm_delay"
 
     # --- dead man's switches ------------------------------------------------------------
 
@@ -164,6 +183,11 @@ class Keys:
     def deadman_names(self) -> str:
         """Set: every switch ever armed, for `deadman status`."""
         return f"{self.namespace}:deadman:names"
+
+    @property
+    def deadman_wake(self) -> str:
+        """List of at most one token: a switch was armed; one watcher looks at once."""
+        return f"{self.namespace}:deadman:wake"
 
     @property
     def deadman_firing(self) -> str:

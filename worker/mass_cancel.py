@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from worker.cancellation import settled
 from worker.confirmation import CLOCK_SKEW_MS, await_many
 from worker.errors import AuthError, OutcomeUnknown, RateLimited, Refused
 from worker.exchange import LIST_LIMIT, LIST_WINDOW_MS
@@ -41,8 +42,8 @@ from worker.models import (
     Priority,
 )
 from worker.records import now_ms
-from worker.scheduler import Turn
 from worker.services import Services
+from worker.turns import Turn
 
 RESOLVE_OPEN = "resolve-open"  # job `resolve-open:<batch_id>[@to_time#page]`
 RESOLVE_CLOSED = "resolve-closed"
@@ -151,20 +152,22 @@ def accept(
     `orders` maps ids to a snapshot when a list showed one (a final one is recorded as is).
     An order already being cancelled on its own is marked accepted: no DELETE will follow.
     """
-    store, batch_id = services.store, batch.batch_id
+    store, batch_id, scheduler = services.store, batch.batch_id, services.scheduler
     ids = list(orders)
-    records, created = store.create_many(
+    made = store.create_many(
         ids,
         batch.exchange,
+        scheduler,
         account=batch.account,
         priority=Priority(batch.priority),
         watch_at_ms=now_ms() + services.watch_grace_ms,
         batch_id=batch_id,
         accepted=True,
     )
+    records, created = made.records, made.created
     joined: list[CancelRecord] = []
-    for record, made in zip(records, created, strict=True):
-        if made:
+    for record, new in zip(records, created, strict=True):
+        if new:
             joined.append(record)
         elif not record.is_final:
             claimed = _claim(services, record.order_id, batch_id)
@@ -183,11 +186,11 @@ def accept(
     for record in joined:
         snapshot = orders.get(record.order_id)
         if snapshot is not None and snapshot["status"] in EXCHANGE_TERMINAL:
-            store.settle(record.order_id, snapshot)
+            store.update(record.order_id, lambda r, o=snapshot: settled(r, o).record, scheduler)
         else:
             pending.append(record)
     initial_s = services.settings.poll_initial_delay_s
-    await_many(services, services.scheduler, pending, initial_s)
+    await_many(services, scheduler, pending, initial_s)
     services.batches.finish_if_done(batch_id)
 
 
@@ -203,7 +206,7 @@ def _claim(services: Services, order_id: str, batch_id: str) -> CancelRecord | N
             record.state = OrderState.CANCELLATION_RAISED
         return record
 
-    return services.store.update(order_id, change)
+    return services.store.update(order_id, change, services.scheduler)
 
 
 def resolve_turn(services: Services, job: str, turn: Turn) -> None:
@@ -310,10 +313,12 @@ def cancel_each(services: Services, batch: BatchRecord, order_ids: list[str]) ->
     services.store.create_many(
         order_ids,
         batch.exchange,
+        services.scheduler,
         account=batch.account,
         priority=Priority(batch.priority),
         watch_at_ms=now_ms() + services.watch_grace_ms,
         batch_id=batch.batch_id,
+        hand_out=False,  # a dispatcher hands their turns out
     )
     services.batches.track(batch.batch_id, [])
     services.batches.transition(
@@ -336,24 +341,22 @@ def sweep_batch(services: Services, batch_id: str, waiting_until_ms: int) -> boo
     store, keys = services.batches, services.keys
     batch = store.get(batch_id)
     if batch is None or batch.is_final:
-        services.store.unschedule(batch_id)
+        services.store.unschedule([batch_id])
         return False
     if batch.state is BatchState.ACCEPTED:
         if store.finish_if_done(batch_id) is None:
             services.store.schedule_check(batch_id, waiting_until_ms)
         return False
     account = batch.account
-    pipe = services.redis.pipeline(transaction=False)
-    for bucket, job in (
-        (Bucket.CANCEL_ALL, batch_id),
-        (Bucket.OPEN_ORDERS, f"{RESOLVE_OPEN}:{batch_id}"),
-        (Bucket.CLOSED_ORDERS, f"{RESOLVE_CLOSED}:{batch_id}"),
-    ):
-        pipe.zscore(keys.room_ready(account, bucket), job)
-        pipe.zscore(keys.room_later(account, bucket), job)
-    pipe.exists(keys.batch_lease(batch_id))
-    *places, leased = pipe.execute()
-    if leased or any(place is not None for place in places):
+    places = services.scheduler.waiting(
+        [
+            (account, Bucket.CANCEL_ALL, batch_id),
+            (account, Bucket.OPEN_ORDERS, f"{RESOLVE_OPEN}:{batch_id}"),
+            (account, Bucket.CLOSED_ORDERS, f"{RESOLVE_CLOSED}:{batch_id}"),
+        ]
+    )
+    leased = services.redis.exists(keys.batch_lease(batch_id))
+    if leased or any(places):
         services.store.schedule_check(batch_id, waiting_until_ms)
         return False
     services.store.schedule_check(batch_id, now_ms() + services.watch_grace_ms)

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from worker.deadman import Deadman, SwitchState
+from worker.estimates import Estimates
 from worker.keys import CANCEL_QUEUE, KOMBU_UNACKED, POLL_QUEUE
 from worker.models import Bucket, OrderState
 from worker.services import Services
@@ -81,9 +82,10 @@ class FleetCollector(Collector):
             f"{PREFIX}_rate_limited", "429 answers from the exchange", labels=labels
         )
         observer = self.services.observer()
+        estimates = Estimates(observer)
         for account in sorted(observer.accounts):
             for bucket in Bucket:
-                usage = observer.usage(account, bucket)
+                usage = estimates.usage(account, bucket)
                 values = [account, bucket.value]
                 used.add_metric(values, usage.used_in_window)
                 limit.add_metric(values, usage.limit)

@@ -107,6 +107,7 @@ class CancelRecord:
     updated_at: int
     account: str = DEFAULT_ACCOUNT
     priority: str = Priority.NORMAL.value
+    owner: str | None = None  # the strategy the order is tracked to, if any
     attempts: int = 0
     final_at: int | None = None
     order: dict[str, Any] | None = None
@@ -193,6 +194,21 @@ def validate_account(value: object) -> str:
             "account", value, "must be a name like alpha (a letter, then letters, digits or _)"
         )
     return name
+
+
+_OWNER_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+
+def validate_owner(value: object) -> str:
+    """Return an owner (a strategy's name), or raise InvalidRequest naming the value."""
+    if not isinstance(value, str) or not _OWNER_RE.fullmatch(value):
+        raise InvalidRequest(
+            "owner",
+            value,
+            "must be a strategy name like strat-a (a lowercase letter, then up to 63 "
+            "lowercase letters, digits, _ or -)",
+        )
+    return value
 
 
 def validate_priority(value: object) -> Priority:

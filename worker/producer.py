@@ -1,28 +1,32 @@
-"""What strategy services call: validate, de-duplicate, record QUEUED and get in line.
+"""The client API strategy services call: validate, record, get in line, hand out a turn.
 
 `request_cancel(s)` cancels orders one by one; `request_cancel_all` cancels every open order
 of a symbol (or of the account) with one exchange call (worker.mass_cancel).
 
 Validation happens before anything is written. One Lua call then creates each new record
-with its event and sweeper watch and puts it in its account's line for a DELETE turn, with
-its priority. The turns free right now are handed out at once (the cancel task published
-for each); the rest wait in line, and a worker's dispatcher publishes each when its turn
-comes, so the broker never holds a backlog and an urgent cancel is not stuck behind one.
+with its event and sweeper watch, puts it in its account's line for a DELETE turn with its
+priority, and hands out at once the turns the budget has free: a cancel that meets a free
+budget is published right away as its DELETE task (one broker hop, no dispatcher). The rest
+wait in line, and a worker's dispatcher publishes each when its turn comes, so the broker
+never holds a backlog and an urgent cancel is not stuck behind one.
 
 A repeat request for an order in flight returns its record and sends nothing (an urgent
 repeat of a cancel still waiting in line moves it up); one for a final order returns the
 final record. If Redis cannot be reached, BrokerUnavailable is raised: never a silent drop.
+
+This module loads only what a request needs (records, lines, a publisher); Celery is loaded
+on the first publish and the worker's parts (dispatcher, sweeper, rules) never.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import redis
 import structlog
 from kombu.exceptions import KombuError
 
-from worker.dispatcher import publish_turn
 from worker.errors import BrokerUnavailable, InvalidRequest
 from worker.models import (
     DEFAULT_ACCOUNT,
@@ -37,10 +41,12 @@ from worker.models import (
     validate_account,
     validate_exchange,
     validate_order_id,
+    validate_owner,
     validate_priority,
     validate_symbol,
 )
 from worker.records import now_ms
+from worker.scheduler import Released, Scheduler
 from worker.services import Services, get_services
 from worker.settings import redact_url
 
@@ -53,9 +59,10 @@ def request_cancel(
     *,
     account: str = DEFAULT_ACCOUNT,
     priority: Priority | str = Priority.NORMAL,
+    owner: str | None = None,
 ) -> CancelRecord:
     """Ask for one order to be cancelled; return its record (QUEUED, or as far as it got)."""
-    return request_cancels([order_id], exchange, account=account, priority=priority)[0]
+    return request_cancels([order_id], exchange, account=account, priority=priority, owner=owner)[0]
 
 
 def request_cancels(
@@ -64,46 +71,79 @@ def request_cancels(
     *,
     account: str = DEFAULT_ACCOUNT,
     priority: Priority | str = Priority.NORMAL,
+    owner: str | None = None,
 ) -> list[CancelRecord]:
     """Ask for several orders to be cancelled; all input is validated before anything is written.
 
     `account` names the API key the orders belong to (`default`, or one of the workers'
     COINSWITCH_ACCOUNTS); `priority` `urgent` takes the next free DELETE slot ahead of every
-    normal cancel not already being sent.
+    normal cancel not already being sent; `owner` (a strategy's name) gives the cancels its
+    share of the account's budget.
     """
     ids = [validate_order_id(order_id) for order_id in order_ids]
-    return enqueue(
-        get_services(),
+    services = get_services()
+    queued = enqueue(
+        services,
         ids,
         validate_exchange(exchange),
         validate_account(account),
         validate_priority(priority),
+        validate_owner(owner) if owner is not None else None,
     )
+    publish(services, queued.scheduler, queued.turns)
+    return queued.records
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """A request as recorded: its records (in request order) and the turns handed out."""
+
+    records: list[CancelRecord]
+    turns: list[Released]
+    scheduler: Scheduler
 
 
 def enqueue(
-    services: Services, ids: list[str], exchange: str, account: str, priority: Priority
-) -> list[CancelRecord]:
-    """Record validated ids and put the new ones in line (also what a task sent by name does)."""
+    services: Services,
+    ids: list[str],
+    exchange: str,
+    account: str,
+    priority: Priority,
+    owner: str | None = None,
+) -> Enqueued:
+    """Record validated ids, put the new ones in line and hand out the free turns (also what
+    a task sent by name does); the caller publishes the turns."""
     unique = list(dict.fromkeys(ids))
     store = services.store
+    where = redact_url(services.settings.redis_url)
     try:
-        services.require_account(account)
-        records, created = store.create_many(
+        scheduler = services.known_accounts(account)
+        if account not in scheduler.accounts:
+            raise InvalidRequest(
+                "account",
+                account,
+                "is not configured (COINSWITCH_ACCOUNTS and its keys, on the workers)",
+            )
+        made = store.create_many(
             unique,
             exchange,
+            scheduler,
             account=account,
             priority=priority,
+            owner=owner,
             watch_at_ms=now_ms() + services.watch_grace_ms,
         )
-        fresh = [r.order_id for r, made in zip(records, created, strict=True) if made]
-        if fresh and not services.replication.confirmed():
-            removed = store.discard_queued(fresh, account)
+        records, turns = made.records, made.turns
+        fresh = [r.order_id for r, new in zip(records, made.created, strict=True) if new]
+        replication = services.replication
+        replication.note_replicas(made.replicas)
+        if fresh and made.replicas and not replication.confirmed():
+            removed = store.discard_queued(fresh, scheduler, account, turns)
             taken = len(fresh) - removed  # a dispatcher handed them out already
             raise BrokerUnavailable(
-                f"no replica of Redis at {redact_url(services.settings.redis_url)} confirmed "
-                f"the request within {services.settings.replica_wait_ms} ms, so a failover "
-                f"could lose it: its {removed} new record(s) were removed"
+                f"no replica of Redis at {where} confirmed the request within "
+                f"{services.settings.replica_wait_ms} ms, so a failover could lose it: its "
+                f"{removed} new record(s) were removed"
                 + (
                     f" ({taken} already taken by a worker, sent only once a replica confirms)"
                     if taken
@@ -113,41 +153,43 @@ def enqueue(
             )
         waiting = [
             r.order_id
-            for r, made in zip(records, created, strict=True)
-            if not made and r.state is OrderState.QUEUED and r.priority != priority.value
+            for r, new in zip(records, made.created, strict=True)
+            if not new and r.state is OrderState.QUEUED and r.priority != priority.value
         ]
         if waiting and priority is Priority.URGENT:
-            _upgrade(services, waiting, priority)
+            _upgrade(services, scheduler, waiting, priority)
             records = [r or old for r, old in zip(store.get_many(unique), records, strict=True)]
-        if any(created) or waiting:
-            _hand_out(services, account)
     except redis.TimeoutError as exc:
         raise BrokerUnavailable(
-            f"Redis at {redact_url(services.settings.redis_url)} did not answer in time; the "
-            f"request may or may not be recorded (requesting again is safe): {exc}"
+            f"Redis at {where} did not answer in time; the request may or may not be recorded "
+            f"(requesting again is safe): {exc}"
         ) from exc
     except redis.RedisError as exc:
-        where = redact_url(services.settings.redis_url)
         raise BrokerUnavailable(f"Redis unavailable at {where}, nothing enqueued: {exc}") from exc
     by_id = {record.order_id: record for record in records}
-    return [by_id[order_id] for order_id in ids]
+    return Enqueued([by_id[order_id] for order_id in ids], turns, scheduler)
 
 
-def _hand_out(services: Services, account: str) -> None:
-    """Publish the account's turns that are free right now, without waiting for a worker's
-    dispatcher to wake (it would, a few ms later). Best effort: the request is recorded."""
+def publish(services: Services, scheduler: Scheduler, turns: list[Released]) -> None:
+    """Publish turns handed out to a request. If the broker fails, the turns are given back
+    and their jobs rejoin the line, for a dispatcher to hand out (the request is recorded)."""
+    if not turns:
+        return
     try:
-        scheduler = services.known_accounts()
-        if account not in scheduler.accounts:
-            return
-        turns, _ = scheduler.release(only=account)
-        for turn in turns:
-            publish_turn(turn)
+        services.publisher.publish(turns)
     except (redis.RedisError, KombuError) as exc:
-        log.warning("producer.hand_out_failed", account=account, error=str(exc))
+        log.warning("producer.publish_failed", turns=len(turns), error=str(exc))
+        try:
+            for turn in turns:
+                scheduler.give_back(turn.account, turn.bucket, turn.member)
+                scheduler.join(turn.account, turn.bucket, [turn.job])
+        except redis.RedisError as again:  # the sweeper puts them back in line later
+            log.warning("producer.give_back_failed", error=str(again))
 
 
-def _upgrade(services: Services, order_ids: list[str], priority: Priority) -> None:
+def _upgrade(
+    services: Services, scheduler: Scheduler, order_ids: list[str], priority: Priority
+) -> None:
     """Make waiting cancels urgent: their records first, then their places in line."""
 
     def raise_priority(record: CancelRecord) -> CancelRecord | None:
@@ -157,11 +199,11 @@ def _upgrade(services: Services, order_ids: list[str], priority: Priority) -> No
         return record
 
     for order_id in order_ids:
-        services.store.update(order_id, raise_priority)
+        services.store.update(order_id, raise_priority, scheduler)
     account_of = {r.order_id: r.account for r in services.store.get_many(order_ids) if r}
     for account in set(account_of.values()):
         jobs = [order_id for order_id, name in account_of.items() if name == account]
-        services.scheduler.upgrade(account, Bucket.CANCEL, jobs, priority)
+        scheduler.upgrade(account, Bucket.CANCEL, jobs, priority)
 
 
 def request_cancel_all(
@@ -211,16 +253,16 @@ def create_batch(
     where = redact_url(services.settings.redis_url)
     try:
         services.require_account(account)
-        if not services.batches.create(batch, watch_at_ms=at + services.watch_grace_ms):
+        scheduler = services.known_accounts(account)
+        if not services.batches.create(batch, scheduler, watch_at_ms=at + services.watch_grace_ms):
             return services.batches.get(batch.batch_id) or batch
         if not services.replication.confirmed():
-            services.batches.discard_queued(batch)
+            services.batches.discard_queued(batch, scheduler)
             raise BrokerUnavailable(
                 f"no replica of Redis at {where} confirmed the cancel-all within "
                 f"{services.settings.replica_wait_ms} ms, so a failover could lose it: it was "
                 "removed; request it again"
             )
-        _hand_out(services, account)
     except redis.TimeoutError as exc:
         raise BrokerUnavailable(
             f"Redis at {where} did not answer in time; the cancel-all may or may not be "

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any, TextIO
 
+from worker.estimates import Estimates, Waiting
 from worker.models import (
     DEFAULT_ACCOUNT,
     BatchRecord,
@@ -14,19 +15,18 @@ from worker.models import (
     CancelRecord,
     Priority,
 )
-from worker.scheduler import Scheduler, Waiting
 
 WAIT_REPORT_S = 5.0  # how often --wait says when the next send is expected (not on a TTY)
 TTY_REPORT_S = 0.5  # how often the live progress line is redrawn on a TTY
 CLEAR_LINE = "\r\x1b[2K"
 
 
-def where(observer: Scheduler, record: CancelRecord) -> Waiting | None:
+def where(estimates: Estimates, record: CancelRecord) -> Waiting | None:
     """Where an unfinished order waits: in line for a DELETE, or for a status read."""
     if record.is_final:
         return None
     for bucket in (Bucket.CANCEL, Bucket.STATUS):
-        waiting = observer.waiting(record.account, bucket, record.order_id)
+        waiting = estimates.waiting(record.account, bucket, record.order_id)
         if waiting is not None:
             return waiting
     return None
@@ -124,13 +124,13 @@ class Progress:
         self._clear()
         show(record, self.as_json, self.out)
 
-    def report(self, observer: Scheduler, pending: list[CancelRecord]) -> None:
+    def report(self, estimates: Estimates, pending: list[CancelRecord]) -> None:
         """Say how many are pending and when the next DELETE (else status read) is due."""
         now = time.monotonic()
         if now < self._next_report or not pending:
             return
         self._next_report = now + self._every_s
-        places = [w for w in (where(observer, r) for r in pending) if w is not None]
+        places = [w for w in (where(estimates, r) for r in pending) if w is not None]
         deletes = [w for w in places if w.bucket is Bucket.CANCEL]
         soonest = min(deletes or places, key=lambda w: w.eta_ms, default=None)
         if self.as_json:

@@ -1,8 +1,13 @@
-"""Cancellation records in Redis: atomic transitions, history, events and re-check times.
+"""Cancellation records in Redis: creation, changes, history, events and re-check times.
 
-Each record is one JSON string, changed only inside WATCH/MULTI so concurrent workers never
-lose an update. A final state is never changed again, so a late duplicate poll cannot flip
-it. Every state change is appended to a Redis Stream in the same transaction.
+Each record is one JSON string. A change is decided in Python (worker.cancellation) from
+the record as read, then stored by one script only if the record is still the one it was
+decided from (else decided again from what is there now), with everything that goes with
+it in the same step: the event and state counts of a new state; for a final state, the end
+of the sweeper's watch, its places in lines, its batch's pending entry and the
+time-to-final histogram; the lease of the turn that decided it; and the line it joins next.
+A final state is never changed again, so a late duplicate poll cannot flip it. Events go
+to a Redis Stream.
 """
 
 from __future__ import annotations
@@ -10,83 +15,22 @@ from __future__ import annotations
 import enum
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import redis
 
 from worker.keys import Keys
 from worker.models import DEFAULT_ACCOUNT, Bucket, CancelRecord, OrderState, Priority
-from worker.scheduler import LIBRARY, budget_id, room_keys
+from worker.scheduler import RELEASE_LEAD_MS, Released, Scheduler
+from worker.scripts import script
 
 DEFAULT_EVENTS_MAXLEN = 100_000  # approximate cap of the event stream (entries)
+UPDATE_ATTEMPTS = 50  # a change decided again this often at most, while others keep writing
 
 #: Upper bounds (seconds) of the request → final histogram that metrics expose.
 TIME_TO_FINAL_BUCKETS_S = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
-
-#: Create the records that do not exist yet, each with its first event, count and watch;
-#: a QUEUED one also joins its account's line for a DELETE turn, and one a cancel-all sent
-#: joins its batch's pending set. Wakes the dispatchers if anything joined a line.
-#: KEYS: [1] events stream, [2] state counts hash, [3] due zset, [4..7] the cancel line
-#:       (ready, later, info, active index), [8] wake list, [9] the batch's pending set,
-#:       [10..] record keys
-#: ARGV: [1] TTL s, [2] watch-at ms or "", [3] events maxlen, [4] exchange, [5] now ms,
-#:       [6] account, [7] priority, [8] rank, [9] budget id, [10] state, [11] "1" to join
-#:       the cancel line, [12] batch id or "", then (order_id, record JSON) per record key
-#: Returns: a list of 1 (created) / 0 (existed), one per record key.
-CREATE_LUA = (
-    LIBRARY
-    + """
-local created, joined = {}, false
-local now = clock()
-for i = 10, #KEYS do
-  local n = (i - 10) * 2
-  local order_id, body = ARGV[13 + n], ARGV[14 + n]
-  if redis.call('SET', KEYS[i], body, 'NX', 'EX', tonumber(ARGV[1])) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'order',
-      'order_id', order_id, 'exchange', ARGV[4], 'account', ARGV[6], 'priority', ARGV[7],
-      'state', ARGV[10], 'previous', '', 'at', ARGV[5], 'error_code', '', 'batch_id', ARGV[12])
-    redis.call('HINCRBY', KEYS[2], ARGV[10], 1)
-    if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), order_id) end
-    if ARGV[11] == '1' then
-      join(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[9], order_id, tonumber(ARGV[8]), now,
-        tonumber(ARGV[5]), n / 2, now)
-      joined = true
-    end
-    if ARGV[12] ~= '' then redis.call('SADD', KEYS[9], order_id) end
-    created[#created + 1] = 1
-  else
-    created[#created + 1] = 0
-  end
-end
-if joined then wake(KEYS[8]) end
-return created
-"""
-)
-
-#: Undo CREATE_LUA for records still QUEUED and still waiting in line (nothing sent them
-#: yet); a record a worker has already moved on is kept, since its cancel is under way.
-#: KEYS: [1] state counts hash, [2] due zset, [3..5] the cancel room, [6..] record keys
-#: ARGV: the order id of each record key, in order
-#: Returns: how many records were removed.
-DISCARD_LUA = """
-local removed = 0
-for i = 6, #KEYS do
-  local order_id = ARGV[i - 5]
-  local body = redis.call('GET', KEYS[i])
-  local waiting = redis.call('ZSCORE', KEYS[3], order_id) or redis.call('ZSCORE', KEYS[4], order_id)
-  if body and waiting and cjson.decode(body)['state'] == 'QUEUED' then
-    redis.call('DEL', KEYS[i])
-    redis.call('ZREM', KEYS[2], order_id)
-    redis.call('ZREM', KEYS[3], order_id)
-    redis.call('ZREM', KEYS[4], order_id)
-    redis.call('HDEL', KEYS[5], order_id)
-    removed = removed + 1
-  end
-end
-if removed > 0 then redis.call('HINCRBY', KEYS[1], 'QUEUED', -removed) end
-return removed
-"""
 
 #: A change to a record: return the record to store, or None to leave it as it is.
 Change = Callable[[CancelRecord], CancelRecord | None]
@@ -98,7 +42,7 @@ def now_ms() -> int:
 
 
 class Stored(Protocol):
-    """What `update_stored` needs of a record (CancelRecord, BatchRecord)."""
+    """What `stamp` needs of a record (CancelRecord, BatchRecord)."""
 
     updated_at: int
     final_at: int | None
@@ -110,53 +54,43 @@ class Stored(Protocol):
     @property
     def is_final(self) -> bool: ...
 
-    def to_dict(self) -> dict[str, Any]: ...
-
 
 StoredT = TypeVar("StoredT", bound=Stored)
 
 
-def update_stored(
-    client: redis.Redis,
-    key: str,
-    parse: Callable[[dict[str, Any]], StoredT],
-    change: Callable[[StoredT], StoredT | None],
-    *,
-    ttl_s: int,
-    alongside: Callable[[Any, StoredT, StoredT, int], None],
-) -> StoredT | None:
-    """Apply `change` to the JSON record at `key` in one WATCH transaction.
+def stamp(current: Stored, changed: StoredT, at: int) -> StoredT:
+    """Date a change: its update time, and for a new state its history entry (and its final
+    time when final)."""
+    changed.updated_at = at
+    if changed.state != current.state:
+        changed.history.append({"state": changed.state.value, "at": at})
+        if changed.is_final:
+            changed.final_at = at
+    return changed
 
-    The change gets a copy; what it returns is stamped (update time, state history, final
-    time) and stored, with whatever `alongside(pipe, current, changed, at)` queues in the same
-    transaction. Returns what is stored: the change, the unchanged record if it returned
-    None, or None if there is no record.
-    """
-    result: list[StoredT | None] = [None]
 
-    def attempt(pipe: Any) -> None:
-        raw = pipe.get(key)
-        if raw is None:
-            result[0] = None
-            return
-        current = parse(json.loads(raw))
-        changed = change(parse(current.to_dict()))
-        result[0] = current
-        if changed is None:
-            return
-        at = now_ms()
-        changed.updated_at = at
-        if changed.state != current.state:
-            changed.history.append({"state": changed.state.value, "at": at})
-            if changed.is_final:
-                changed.final_at = at
-        pipe.multi()
-        pipe.set(key, json.dumps(changed.to_dict()), ex=ttl_s)
-        alongside(pipe, current, changed, at)
-        result[0] = changed
+@dataclass(frozen=True)
+class Next:
+    """The line an order joins in the same write as its record (see store.lua)."""
 
-    client.transaction(attempt, key)
-    return result[0]
+    kind: str  # "cancel" (a DELETE turn), "status" (a status read) or "confirm"
+    priority: Priority
+    owner: str
+    delay_ms: int  # -1 for "confirm": when the exchange usually confirms (learned)
+    since_ms: int = 0  # "cancel": the place it keeps (its request time)
+    looked: bool = False  # "confirm": the lists just looked for it
+    confirm: dict[str, Any] = field(default_factory=dict)  # "confirm": see confirmation.py
+
+
+@dataclass
+class Created:
+    """What a request stored: the records (new or as they were), which are new, the turns
+    handed out at once, and how many replicas must confirm the writes."""
+
+    records: list[CancelRecord]
+    created: list[bool]
+    turns: list[Released]
+    replicas: int
 
 
 class RecordStore:
@@ -177,8 +111,11 @@ class RecordStore:
         self.events_maxlen = events_maxlen
         #: Called with the batch id after an order of a cancel-all became final.
         self.on_batch_order_final = on_batch_order_final
-        self._create = client.register_script(CREATE_LUA)
-        self._discard = client.register_script(DISCARD_LUA)
+        self._request = script(client, "request")
+        self._store = script(client, "store")
+        self._discard = script(client, "discard")
+
+    # --- reading ---------------------------------------------------------------------------
 
     def get(self, order_id: str) -> CancelRecord | None:
         """The record of one order, or None if nobody asked to cancel it (or it expired)."""
@@ -193,133 +130,259 @@ class RecordStore:
         raws = self.client.mget([self.keys.record(i) for i in ids])
         return [None if raw is None else CancelRecord.from_dict(json.loads(raw)) for raw in raws]
 
-    def create(
-        self,
-        order_id: str,
-        exchange: str,
-        *,
-        account: str = DEFAULT_ACCOUNT,
-        priority: Priority = Priority.NORMAL,
-        watch_at_ms: int | None = None,
-    ) -> tuple[CancelRecord, bool]:
-        """Create a QUEUED record unless one exists; return (record, created)."""
-        records, created = self.create_many(
-            [order_id], exchange, account=account, priority=priority, watch_at_ms=watch_at_ms
-        )
-        return records[0], created[0]
+    # --- creating --------------------------------------------------------------------------
 
     def create_many(
         self,
-        order_ids: list[str],
+        order_ids: Sequence[str],
         exchange: str,
+        scheduler: Scheduler,
         *,
         account: str = DEFAULT_ACCOUNT,
         priority: Priority = Priority.NORMAL,
+        owner: str | None = None,
         watch_at_ms: int | None = None,
         batch_id: str | None = None,
         accepted: bool = False,
-    ) -> tuple[list[CancelRecord], list[bool]]:
+        hand_out: bool = True,
+    ) -> Created:
         """Create records for the ids that have none, atomically, in one round trip.
 
-        Each new record is QUEUED and joins the account's line for a DELETE turn, unless
-        `accepted`: orders a cancel-all already sent for cancellation are created
-        CANCELLATION_RAISED. With `batch_id` each is also pending in that batch. Each new
-        record gets its first event and state count in the same script, and with
-        `watch_at_ms` the sweeper watches it from then on, so no record exists that nothing
-        would ever look at. Existing records are returned as they are.
+        Each new record is QUEUED and joins the account's cancel line, and the line's free
+        turns are handed out at once (`hand_out`): so a cancel that meets a free budget
+        needs no dispatcher. With `accepted`, records of orders a cancel-all already sent
+        for cancellation are created CANCELLATION_RAISED, in no line. With `batch_id` each
+        is pending in that batch. Each new record gets its first event and state count in
+        the same script, and with `watch_at_ms` the sweeper watches it from then on, so no
+        record exists that nothing would ever look at. Existing records are returned as they
+        are.
         """
         at = now_ms()
         state = OrderState.CANCELLATION_RAISED if accepted else OrderState.QUEUED
         fresh = [
-            _new_record(order_id, exchange, account, priority, at, state, batch_id, accepted)
-            for order_id in order_ids
+            _new_record(i, exchange, account, priority, owner, at, state, batch_id, accepted)
+            for i in order_ids
         ]
         if not fresh:
-            return [], []
-        flags = self._create(
-            keys=[
-                self.keys.events,
-                self.keys.state_counts,
-                self.keys.due,
-                *room_keys(self.keys, account, Bucket.CANCEL),
-                self.keys.wake,
-                self.keys.batch_pending(batch_id or ""),
-                *(self.keys.record(r.order_id) for r in fresh),
-            ],
-            args=[
-                self.ttl_s,
-                "" if watch_at_ms is None else watch_at_ms,
-                self.events_maxlen,
-                exchange,
-                at,
-                account,
-                priority.value,
-                priority.rank,
-                budget_id(account, Bucket.CANCEL),
-                state.value,
-                "0" if accepted else "1",
-                batch_id or "",
-                *(item for r in fresh for item in (r.order_id, json.dumps(r.to_dict()))),
-            ],
-        )
-        created = [bool(flag) for flag in flags]
+            return Created([], [], [], 0)
+        line = scheduler.line(account, Bucket.CANCEL)
+        handing_out = hand_out and not accepted and account in scheduler.accounts
+        if handing_out:
+            schedule, pause, _ = scheduler.budget_keys(account, Bucket.CANCEL)
+            rate = scheduler.accounts[account].rates[Bucket.CANCEL]
+            budget: list[Any] = [
+                "1",
+                rate.count,
+                rate.period_ms,
+                scheduler.margin_floor_ms,
+                scheduler.margin_ceiling_ms,
+                RELEASE_LEAD_MS,
+                scheduler.watch_ms,
+            ]
+        else:
+            schedule = pause = self.keys.schedule("-", Bucket.CANCEL)  # unused: nothing handed out
+            budget = ["0", 0, 0, 0, 0, 0, 0]
+        keys = [
+            self.keys.events,
+            self.keys.state_counts,
+            self.keys.due,
+            self.keys.active,
+            self.keys.wake,
+            self.keys.batch_pending(batch_id or ""),
+            *line.keys,
+            schedule,
+            pause,
+            self.keys.margin,
+            *(self.keys.record(r.order_id) for r in fresh),
+        ]
+        args: list[Any] = [
+            self.ttl_s,
+            "" if watch_at_ms is None else watch_at_ms,
+            self.events_maxlen,
+            account,
+            state.value,
+            priority.rank,
+            owner or "",
+            "0" if accepted else "1",
+            batch_id or "",
+            *line.args,
+            *budget,
+        ]
+        for record in fresh:
+            event = _event_fields(record, previous=None)
+            body = json.dumps(record.to_dict())
+            args += [record.order_id, at, body, json.dumps(event)]
+        reply = self._request(keys=keys, args=args)
+        created = [flag == "1" for flag in str(reply[1])]
+        turns = [
+            Released(account, Bucket.CANCEL, str(reply[i]), str(reply[i + 1]), int(reply[i + 2]))
+            for i in range(3, len(reply), 3)
+        ]
         pairs = list(zip(fresh, created, strict=True))
         existing = iter(self.get_many([r.order_id for r, made in pairs if not made]))
         records = [r if made else (next(existing) or r) for r, made in pairs]
-        return records, created
+        return Created(records, created, turns, int(reply[2]))
 
-    def discard_queued(self, order_ids: list[str], account: str = DEFAULT_ACCOUNT) -> int:
-        """Remove QUEUED records still waiting in line (nothing sent them); return how many.
+    def discard_queued(
+        self,
+        order_ids: Sequence[str],
+        scheduler: Scheduler,
+        account: str,
+        turns: Sequence[Released] = (),
+    ) -> int:
+        """Undo a request no replica confirmed: remove its records still QUEUED and either
+        waiting in line or holding one of `turns` (handed out to it, never published).
 
         Their counts, sweeper watches and places in line go too, so a later request creates
-        them afresh.
+        them afresh; return how many were removed.
         """
         if not order_ids:
             return 0
+        members = {turn.job: turn.member for turn in turns}
+        line = scheduler.line(account, Bucket.CANCEL)
+        schedule = (
+            scheduler.budget_keys(account, Bucket.CANCEL)[0]
+            if account in scheduler.accounts
+            else self.keys.schedule("-", Bucket.CANCEL)
+        )
         keys = [
             self.keys.state_counts,
             self.keys.due,
-            *room_keys(self.keys, account, Bucket.CANCEL)[:3],
+            *line.keys,
+            self.keys.active,
+            schedule,
             *map(self.keys.record, order_ids),
         ]
-        return int(self._discard(keys=keys, args=order_ids))
+        args = [*line.args]
+        for order_id in order_ids:
+            args += [order_id, members.get(order_id, "")]
+        return int(self._discard(keys=keys, args=args))
 
-    def update(self, order_id: str, change: Change) -> CancelRecord | None:
-        """Apply `change` atomically; publish an event if the state moved; return the result."""
+    # --- changing --------------------------------------------------------------------------
 
-        def alongside(pipe: Any, current: CancelRecord, changed: CancelRecord, at: int) -> None:
-            if changed.is_final:
-                pipe.zrem(self.keys.due, order_id)
-                pipe.zrem(self.keys.confirm(changed.account), order_id)
-                for bucket in (Bucket.CANCEL, Bucket.STATUS):  # no turn is needed any more
-                    pipe.zrem(self.keys.room_ready(changed.account, bucket), order_id)
-                    pipe.zrem(self.keys.room_later(changed.account, bucket), order_id)
-                    pipe.hdel(self.keys.room_info(changed.account, bucket), order_id)
-                if changed.batch_id:
-                    pipe.srem(self.keys.batch_pending(changed.batch_id), order_id)
-            if changed.state != current.state:
-                self._publish(changed, previous=current.state, pipe=pipe)
-                pipe.hincrby(self.keys.state_counts, current.state.value, -1)
-                pipe.hincrby(self.keys.state_counts, changed.state.value, 1)
-                if changed.is_final:
-                    self._observe_time_to_final(pipe, at - changed.requested_at)
+    def update(
+        self,
+        order_id: str,
+        change: Callable[[CancelRecord], tuple[CancelRecord | None, Next | None]] | Change,
+        scheduler: Scheduler,
+        *,
+        raw: str | None = None,
+        lease: tuple[str, str] | None = None,
+    ) -> CancelRecord | None:
+        """Apply `change` to the record and store the result, if the record did not change
+        meanwhile (else apply it again to what is there now); return what is stored.
 
-        final = update_stored(
-            self.client,
-            self.keys.record(order_id),
-            CancelRecord.from_dict,
-            change,
-            ttl_s=self.ttl_s,
-            alongside=alongside,
-        )
-        if final is not None and final.is_final and final.batch_id and self.on_batch_order_final:
-            self.on_batch_order_final(final.batch_id)
-        return final
+        `change` returns the record to store (None: leave it) or (record, next line).
+        `raw` is the record as the caller read it (saves a read when it is still current);
+        `lease` (key, owner) is released in the same write. Returns None if there is no
+        record.
+        """
+        key = self.keys.record(order_id)
+        for _ in range(UPDATE_ATTEMPTS):
+            if raw is None:
+                raw = self.client.get(key)
+                if raw is None:
+                    self._release(lease)
+                    return None
+            current = CancelRecord.from_dict(json.loads(raw))
+            decided = change(CancelRecord.from_dict(json.loads(raw)))
+            changed, step = decided if isinstance(decided, tuple) else (decided, None)
+            if current.is_final:
+                changed = None
+            if changed is None and step is None and lease is None:
+                return current
+            stored = current if changed is None else stamp(current, changed, now_ms())
+            body = raw if changed is None else json.dumps(stored.to_dict())
+            reply = self._store(
+                keys=self._store_keys(stored, scheduler, lease),
+                args=[
+                    raw,
+                    body,
+                    self.ttl_s,
+                    self.events_maxlen,
+                    json.dumps(self._effects(current, stored, changed is not None, lease, step)),
+                    *scheduler.line(stored.account, Bucket.CANCEL).args,
+                    *scheduler.line(stored.account, Bucket.STATUS).args,
+                    *scheduler.line(stored.account, Bucket.CLOSED_ORDERS).args,
+                    order_id,
+                ],
+            )
+            if reply[0] == "ok":
+                newly_final = stored.is_final and not current.is_final
+                if newly_final and stored.batch_id and self.on_batch_order_final is not None:
+                    self.on_batch_order_final(stored.batch_id)
+                return stored
+            raw = str(reply[1]) or None
+            if raw is None:
+                self._release(lease)
+                return None
+        raise RuntimeError(f"record {order_id} kept changing; {UPDATE_ATTEMPTS} attempts")
+
+    def _release(self, lease: tuple[str, str] | None) -> None:
+        if lease is not None:
+            key, owner = lease
+            script(self.client, "lease_release")(keys=[key], args=[owner])
+
+    def _store_keys(
+        self, record: CancelRecord, scheduler: Scheduler, lease: tuple[str, str] | None
+    ) -> list[str]:
+        keys, account = self.keys, record.account
+        return [
+            keys.record(record.order_id),
+            keys.events,
+            keys.state_counts,
+            keys.due,
+            keys.time_to_final,
+            keys.confirm(account),
+            keys.confirm_pass(account),
+            keys.batch_pending(record.batch_id or ""),
+            lease[0] if lease else keys.record(""),
+            keys.active,
+            keys.wake,
+            *scheduler.line(account, Bucket.CANCEL).keys,
+            *scheduler.line(account, Bucket.STATUS).keys,
+            *scheduler.line(account, Bucket.CLOSED_ORDERS).keys,
+            keys.confirm_delay,
+        ]
+
+    def _effects(
+        self,
+        current: CancelRecord,
+        stored: CancelRecord,
+        changed: bool,
+        lease: tuple[str, str] | None,
+        step: Next | None,
+    ) -> dict[str, Any]:
+        effects: dict[str, Any] = {"final": False}
+        if changed and stored.state != current.state:
+            effects["event"] = _event_fields(stored, previous=current.state)
+            effects["was"], effects["now"] = current.state.value, stored.state.value
+            if stored.is_final:
+                effects["final"] = True
+                elapsed = stored.updated_at - stored.requested_at
+                effects["histogram"] = [
+                    f"le:{bound}" for bound in TIME_TO_FINAL_BUCKETS_S if elapsed <= bound * 1000
+                ]
+                effects["elapsed_ms"] = max(0, elapsed)
+        if lease is not None:
+            effects["lease"] = lease[1]
+        if step is not None and not stored.is_final:
+            effects["next"] = {
+                "kind": step.kind,
+                "rank": step.priority.rank,
+                "owner": step.owner,
+                "delay_ms": step.delay_ms,
+                "since": step.since_ms,
+                "looked": step.looked,
+                **step.confirm,
+            }
+        return effects
 
     def transition(
         self,
         order_id: str,
         state: OrderState,
+        scheduler: Scheduler,
         *,
         order: dict[str, Any] | None = None,
         error: dict[str, str] | None = None,
@@ -339,25 +402,23 @@ class RecordStore:
                 setattr(record, name, value)
             return record
 
-        return self.update(order_id, change)
+        return self.update(order_id, change, scheduler)
 
-    def settle(self, order_id: str, order: dict[str, Any]) -> CancelRecord | None:
-        """Record a terminal status the exchange showed (a status read, a list, a cancel)."""
-        state = OrderState(order["status"])
-        return self.transition(order_id, state, order=order, delete_in_flight=False)
+    # --- the sweeper's watch and the figures ----------------------------------------------
+
+    def schedule_checks(self, due: dict[str, int]) -> None:
+        """Ask the sweeper to look at these orders again at these times (ms), in one trip."""
+        if due:
+            self.client.zadd(self.keys.due, due)
 
     def schedule_check(self, order_id: str, at_ms: int) -> None:
         """Ask the sweeper to look at this order again at `at_ms` (if nothing else does)."""
         self.schedule_checks({order_id: at_ms})
 
-    def schedule_checks(self, due: dict[str, int]) -> None:
-        """schedule_check for several orders in one round trip."""
-        if due:
-            self.client.zadd(self.keys.due, due)
-
-    def unschedule(self, order_id: str) -> None:
-        """Stop watching an order (it is final or gone)."""
-        self.client.zrem(self.keys.due, order_id)
+    def unschedule(self, order_ids: Sequence[str]) -> None:
+        """Stop watching these orders (they are final or gone)."""
+        if order_ids:
+            self.client.zrem(self.keys.due, *order_ids)
 
     def due(self, until_ms: int, limit: int) -> list[str]:
         """Order ids whose re-check time has come, oldest first."""
@@ -377,31 +438,23 @@ class RecordStore:
         buckets = [(b, int(raw.get(f"le:{b}", 0))) for b in TIME_TO_FINAL_BUCKETS_S]
         return buckets, int(raw.get("count", 0)), int(raw.get("sum_ms", 0)) / 1000
 
-    def _observe_time_to_final(self, pipe: Any, elapsed_ms: int) -> None:
-        for bound in TIME_TO_FINAL_BUCKETS_S:
-            if elapsed_ms <= bound * 1000:
-                pipe.hincrby(self.keys.time_to_final, f"le:{bound}", 1)
-        pipe.hincrby(self.keys.time_to_final, "count", 1)
-        pipe.hincrby(self.keys.time_to_final, "sum_ms", max(0, elapsed_ms))
 
-    def _publish(
-        self, record: CancelRecord, *, previous: OrderState | None, pipe: Any = None
-    ) -> None:
-        event = {
-            "kind": "order",
-            "order_id": record.order_id,
-            "exchange": record.exchange,
-            "account": record.account,
-            "priority": record.priority,
-            "state": record.state.value,
-            "previous": previous.value if previous else "",
-            "at": str(record.updated_at),
-            "error_code": (record.error or {}).get("code", ""),
-            "batch_id": record.batch_id or "",
-        }
-        (pipe or self.client).xadd(
-            self.keys.events, event, maxlen=self.events_maxlen, approximate=True
-        )
+def _event_fields(record: CancelRecord, *, previous: OrderState | None) -> list[str]:
+    """The stream entry of a record's state, as a flat field/value list."""
+    event = {
+        "kind": "order",
+        "order_id": record.order_id,
+        "exchange": record.exchange,
+        "account": record.account,
+        "priority": record.priority,
+        "state": record.state.value,
+        "previous": previous.value if previous else "",
+        "at": str(record.updated_at),
+        "error_code": (record.error or {}).get("code", ""),
+        "batch_id": record.batch_id or "",
+        "owner": record.owner or "",
+    }
+    return [item for pair in event.items() for item in pair]
 
 
 def _new_record(
@@ -409,6 +462,7 @@ def _new_record(
     exchange: str,
     account: str,
     priority: Priority,
+    owner: str | None,
     at: int,
     state: OrderState,
     batch_id: str | None,
@@ -422,6 +476,7 @@ def _new_record(
         updated_at=at,
         account=account,
         priority=priority.value,
+        owner=owner,
         history=[{"state": state.value, "at": at}],
         batch_id=batch_id,
         cancel_accepted=accepted,

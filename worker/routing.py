@@ -1,42 +1,45 @@
-"""Where an order goes after a turn: the line its Step names.
+"""Where an order goes after a turn: the line its decision names, joined in the same write.
 
-A Step says CANCEL (a DELETE turn), CHECK (a look at its status) or DONE. An accepted order's
-check goes to the order lists first (worker.confirmation), with a status read behind it; any
-other check is a status read. A cancel keeps its place in line, ordered by request time.
+A decision says CANCEL (a DELETE turn), CHECK (a look at its status) or DONE. An accepted
+order's check goes to the order lists first (worker.confirmation), with a status read behind
+it; any other check is a status read. A cancel keeps its place in line, ordered by request
+time. Every line is joined as the order's owner's, so owners keep their shares.
 """
 
 from __future__ import annotations
 
-from worker.cancellation import Move, Step
-from worker.confirmation import await_confirmation
-from worker.models import Bucket, Priority
+from worker.cancellation import Decision, Move
+from worker.confirmation import confirm_step
+from worker.models import CancelRecord, Priority
+from worker.records import Next
 from worker.scheduler import Scheduler
 from worker.services import Services
+from worker.settings import Settings
 
 
-def follow(services: Services, scheduler: Scheduler, order_id: str, step: Step) -> None:
-    """Queue the order for the turn a Step asks for (DONE queues nothing)."""
-    if step.move is Move.DONE:
-        return
-    record = step.record or services.store.get(order_id)
-    if record is None or record.is_final:
-        return
-    priority = Priority(record.priority)
-    if step.move is Move.CHECK and record.cancel_accepted:
+def next_of(
+    record: CancelRecord, decision: Decision, settings: Settings, scheduler: Scheduler
+) -> Next | None:
+    """The line a decision sends the order to (None: done, or final)."""
+    if decision.move is Move.DONE or record.is_final:
+        return None
+    priority, owner = Priority(record.priority), record.owner or ""
+    delay_ms = round((decision.delay_s or 0.0) * 1000)
+    if decision.move is Move.CANCEL:
+        return Next("cancel", priority, owner, delay_ms, since_ms=record.requested_at)
+    if record.cancel_accepted:
         # Accepted: the order lists may settle it with many others; a status read backs up.
-        await_confirmation(services, scheduler, record, step.delay_s)
-        return
-    if step.move is Move.CANCEL:
-        # A cancel keeps its place in line: ordered by when it was requested.
-        scheduler.join(
-            record.account,
-            Bucket.CANCEL,
-            [order_id],
-            priority=priority,
-            delay_s=step.delay_s,
-            since_ms=record.requested_at,
-        )
-    else:
-        scheduler.join(
-            record.account, Bucket.STATUS, [order_id], priority=priority, delay_s=step.delay_s
-        )
+        learned = decision.delay_s is None
+        return confirm_step(record, -1 if learned else delay_ms, scheduler, settings)
+    return Next("status", priority, owner, delay_ms)
+
+
+def follow(services: Services, scheduler: Scheduler, order_id: str, decision: Decision) -> None:
+    """Queue an order for the turn a decision asks for, storing nothing else (a lost turn
+    put back, a turn this worker cannot use)."""
+    settings = services.settings
+
+    def step(record: CancelRecord) -> tuple[CancelRecord | None, Next | None]:
+        return decision.record, next_of(decision.record or record, decision, settings, scheduler)
+
+    services.store.update(order_id, step, scheduler)

@@ -1,4 +1,8 @@
-"""The composition root: every client built once from Settings and passed down from here."""
+"""The composition root: every client built once from Settings and passed down from here.
+
+What only workers need (the exchange client and its HTTP session, Celery) is built on first
+use, so a strategy that imports the client API loads neither.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,25 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
-import requests
-from requests.adapters import HTTPAdapter
 
 from worker.accounts import AccountInfo, is_registered, registered
 from worker.batches import BatchStore
 from worker.connection import Replication, connect_redis
 from worker.errors import InvalidRequest
-from worker.exchange import ExchangeClient
 from worker.keys import Keys
 from worker.lease import Leases
+from worker.publisher import Publisher
 from worker.records import RecordStore
 from worker.scheduler import Scheduler
 from worker.settings import Settings
-from worker.signing import Signer
+
+if TYPE_CHECKING:
+    import requests
+
+    from worker.exchange import ExchangeClient
 
 HTTP_POOL_SIZE = 16  # connections kept open to the exchange, per worker process
 SWEEP_SLACK_S = 5.0  # the sweeper steps in this long after redelivery would have
@@ -107,15 +114,28 @@ class Services:
         """
         return self._scheduler({**self.local_accounts(), **registered(self.redis, self.keys)})
 
-    def known_accounts(self) -> Scheduler:
-        """`observer()`, re-read at most every REGISTRY_CACHE_S (for producers)."""
-        now = time.monotonic()
-        if self._known is None or now - self._known[0] > REGISTRY_CACHE_S:
-            self._known = (now, self.observer())
-        return self._known[1]
+    def known_accounts(self, account: str | None = None) -> Scheduler:
+        """`observer()`, re-read at most every REGISTRY_CACHE_S (for producers), or at once
+        when it does not know `account` yet (a worker may have registered it since)."""
+        now, known = time.monotonic(), self._known
+        if (
+            known is None
+            or now - known[0] > REGISTRY_CACHE_S
+            or (account is not None and account not in known[1].accounts)
+        ):
+            known = self._known = (now, self.observer())
+        return known[1]
+
+    @cached_property
+    def publisher(self) -> Publisher:
+        """Publishes turns as Celery tasks (Celery is loaded on the first publish)."""
+        return Publisher(self.settings)
 
     def exchange(self, account: str) -> ExchangeClient:
         """The signed exchange client of one account (needs its keys), over one shared pool."""
+        from worker.exchange import ExchangeClient
+        from worker.signing import Signer
+
         with self._clients_lock:
             client = self._clients.get(account)
             if client is None:
@@ -131,6 +151,9 @@ class Services:
 
     @cached_property
     def _session(self) -> requests.Session:
+        import requests
+        from requests.adapters import HTTPAdapter
+
         session = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=HTTP_POOL_SIZE, max_retries=0)
         session.mount("http://", adapter)

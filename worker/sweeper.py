@@ -1,16 +1,17 @@
 """The sweep: lost work goes back in line, and nothing unfinished is ever forgotten.
 
-Every unfinished order and batch is watched (a time in a sorted set). One dispatcher per
-interval (worker.dispatcher) looks at those whose time has passed.
+Every unfinished order and batch is watched (a time in a sorted set). One worker per
+interval (worker.duties) looks at those whose time has passed, in a few round trips
+whatever their number.
 """
 
 from __future__ import annotations
 
 import structlog
 
-from worker.cancellation import Move, Step
+from worker.cancellation import put_back as put_back_decision
 from worker.mass_cancel import sweep_batch
-from worker.models import Bucket, CancelRecord, OrderState, is_batch_id
+from worker.models import Bucket, CancelRecord, is_batch_id
 from worker.records import now_ms
 from worker.routing import follow
 from worker.scheduler import Scheduler
@@ -25,9 +26,7 @@ log = structlog.get_logger(__name__)
 def put_back(services: Services, scheduler: Scheduler, record: CancelRecord) -> None:
     """Put an unfinished order whose turn was lost back in line for its next step: its
     DELETE if none may have been sent, else a status read (which decides the rest)."""
-    fresh = record.state is OrderState.QUEUED
-    resend = fresh and not record.delete_in_flight and not record.cancel_accepted
-    follow(services, scheduler, record.order_id, Step(Move.CANCEL if resend else Move.CHECK))
+    follow(services, scheduler, record.order_id, put_back_decision(record))
     services.store.schedule_check(record.order_id, now_ms() + services.watch_grace_ms)
 
 
@@ -49,27 +48,34 @@ def sweep(services: Services, scheduler: Scheduler, *, limit: int, ahead_ms: int
     requeued = sum(sweep_batch(services, i, waiting_until) for i in due if is_batch_id(i))
     ids = [i for i in due if not is_batch_id(i)]
     records = store.get_many(ids)
+    lines = [
+        (record.account if record is not None else "", bucket, order_id)
+        for order_id, record in zip(ids, records, strict=True)
+        for bucket in (Bucket.CANCEL, Bucket.STATUS)
+    ]
+    places = scheduler.waiting(lines)
     pipe = services.redis.pipeline(transaction=False)
-    for order_id, record in zip(ids, records, strict=True):
-        account = record.account if record is not None else ""
-        for bucket in (Bucket.CANCEL, Bucket.STATUS):
-            pipe.zscore(keys.room_ready(account, bucket), order_id)
-            pipe.zscore(keys.room_later(account, bucket), order_id)
+    for order_id in ids:
         pipe.pttl(keys.cancel_lease(order_id))
         pipe.pttl(keys.poll_lease(order_id))
-    found = pipe.execute()
+    leases = pipe.execute()
+    gone: list[str] = []
+    later: dict[str, int] = {}
+    lost: list[CancelRecord] = []
     for i, (order_id, record) in enumerate(zip(ids, records, strict=True)):
         if record is None or record.is_final:
-            store.unschedule(order_id)
-            continue
-        places, leases = found[i * 6 : i * 6 + 4], found[i * 6 + 4 : i * 6 + 6]
-        if any(place is not None for place in places):
-            store.schedule_check(order_id, waiting_until)
-            continue
-        if any(ttl != -2 for ttl in leases):  # a task holds it: look again when its lease ends
-            store.schedule_check(order_id, now_ms() + max(max(leases), 0) + LEASE_SLACK_MS)
-            continue
+            gone.append(order_id)
+        elif places[2 * i] or places[2 * i + 1]:
+            later[order_id] = waiting_until
+        elif leases[2 * i] != -2 or leases[2 * i + 1] != -2:
+            # A task holds it: look again when its lease ends.
+            held_ms = max(0, int(leases[2 * i]), int(leases[2 * i + 1]))
+            later[order_id] = now_ms() + held_ms + LEASE_SLACK_MS
+        else:
+            lost.append(record)
+    store.unschedule(gone)
+    store.schedule_checks(later)
+    for record in lost:
         put_back(services, scheduler, record)
-        log.warning("sweep.requeued", order_id=order_id, state=record.state.value)
-        requeued += 1
-    return requeued
+        log.warning("sweep.requeued", order_id=record.order_id, state=record.state.value)
+    return requeued + len(lost)

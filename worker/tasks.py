@@ -1,10 +1,16 @@
-"""Thin Celery tasks: check the message, bind log context, call cancellation, follow its Step.
+"""Thin Celery tasks: check the message, bind log context, call a plain function.
 
-A task either takes a request (sent by name, with no `turn`): it records the order and puts
-it in line; or uses a turn the dispatcher handed out (`turn` set): one exchange call, then
-the order joins the line its Step names. Nothing retries inside Celery, so no task holds a
-thread or a message while it waits for budget. Any unexpected error still leaves a record:
-the order goes UNCONFIRMED and is re-checked slowly.
+Two kinds of task:
+- **Requests by name** (the public names, any producer, plain JSON): a cancel records the
+  order and gets in line like `request_cancel`; when the budget is free its turn is handed
+  out at once and used right here, so a cancel sent by name costs one broker hop too.
+- **Turns** (internal names, published only by the scheduler's hand-outs): one exchange
+  call on a budget slot, then the order joins the line its decision names. A message sent
+  by name that carries a `turn` is refused to the dead letters: a turn is not a door.
+
+Nothing retries inside Celery, so no task holds a thread or a message while it waits for
+budget. Any unexpected error still leaves a record: the order goes UNCONFIRMED and is
+re-checked slowly.
 """
 
 from __future__ import annotations
@@ -20,20 +26,24 @@ from celery import bootsteps
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
-from worker.cancellation import Move, Step, cancel_turn, check_turn, give_to_sweeper
+from worker.cancellation import Decision, Move, unconfirmed
 from worker.celery_app import (
     CANCEL_ALL_TASK,
+    CANCEL_ALL_TURN_TASK,
     CANCEL_TASK,
+    CANCEL_TURN_TASK,
     DEADMAN_ARM_TASK,
     DEADMAN_DISARM_TASK,
     DEADMAN_HEARTBEAT_TASK,
     LIST_TASK,
     POLL_TASK,
+    STATUS_TURN_TASK,
     SWEEP_TASK,
     app,
 )
 from worker.confirmation import CONFIRM_JOB, confirm_turn
-from worker.dispatcher import SWEEP_BATCH, Dispatcher, publish_turn
+from worker.dispatcher import Dispatcher
+from worker.duties import SWEEP_BATCH, Duties
 from worker.errors import InvalidRequest
 from worker.mass_cancel import RESOLVE_CLOSED, RESOLVE_OPEN, cancel_all_turn, resolve_turn
 from worker.models import (
@@ -46,14 +56,16 @@ from worker.models import (
     validate_account,
     validate_exchange,
     validate_order_id,
+    validate_owner,
     validate_priority,
     validate_symbol,
 )
-from worker.producer import create_batch, enqueue
+from worker.producer import create_batch, enqueue, publish
 from worker.records import now_ms
 from worker.routing import follow
 from worker.services import Services, get_services
 from worker.sweeper import put_back, sweep
+from worker.turns import OrderTurn, Turn
 
 REDIS_RETRY_PAUSE_S = 1.0  # pause before handing a message back after a Redis failure
 REDIS_RECOVER_S = 15.0  # a task that lost Redis mid-turn waits this long for it (a failover)
@@ -64,23 +76,27 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class Message:
-    """The validated arguments of a cancel or poll message."""
+    """The validated arguments of a cancel or poll request sent by name."""
 
     order_id: str
     exchange: str = DEFAULT_EXCHANGE
     account: str = DEFAULT_ACCOUNT
     priority: Priority = Priority.NORMAL
-    turn: str | None = None  # set by the dispatcher: the budget slot this delivery may use
+    owner: str | None = None
 
 
-#: Keywords every message may carry; a poll also accepts the old `seq` and `recheck`.
-_KEYWORDS = ("account", "priority", "turn")
+#: Keywords a request may carry; a poll also accepts the old `seq` and `recheck`.
+_KEYWORDS = ("account", "priority", "owner")
 _POLL_COMPAT = ("seq", "recheck")
 
 
 def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any], *, poll: bool) -> Message:
-    """Validate a task message's arguments (they may come from any producer, in any shape)."""
+    """Validate a request's arguments (they may come from any producer, in any shape)."""
     names = ("order_id", "exchange")
+    if "turn" in kwargs:
+        raise InvalidRequest(
+            "turn", kwargs["turn"], "is not an argument: turns come only from the scheduler"
+        )
     if len(args) > len(names) + (2 if poll else 0):
         raise InvalidRequest("args", list(args), f"takes at most {len(names)} arguments")
     values: dict[str, Any] = dict(zip(names, args, strict=False))
@@ -97,19 +113,18 @@ def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any], *, poll: bool) 
         raise InvalidRequest("seq", seq, "must be a non-negative integer")
     if not isinstance(extra.get("recheck", False), bool):
         raise InvalidRequest("recheck", extra["recheck"], "must be a boolean")
-    turn = values.get("turn")
-    if turn is not None and not isinstance(turn, str):
-        raise InvalidRequest("turn", turn, "must be a string")
+    owner = values.get("owner")
     return Message(
         order_id=validate_order_id(values["order_id"]),
         exchange=validate_exchange(values.get("exchange", DEFAULT_EXCHANGE)),
         account=validate_account(values.get("account", DEFAULT_ACCOUNT)),
         priority=validate_priority(values.get("priority", Priority.NORMAL.value)),
-        turn=turn,
+        owner=validate_owner(owner) if owner is not None else None,
     )
 
 
 def _owner(task: Any) -> str:
+    """This delivery's token for leases (a redelivery gets another)."""
     return f"{task.request.id}:{task.request.retries}"
 
 
@@ -139,7 +154,7 @@ def _redis_down(exc: Exception) -> NoReturn:
     raise Reject(exc, requeue=True)
 
 
-def _turn_lost_to_redis(services: Services, task: Any, message: Message, exc: Exception) -> str:
+def _turn_lost_to_redis(services: Services, task: Any, order_id: str, exc: Exception) -> str:
     """Redis failed mid-turn (its primary lost, say). Wait for it to answer again (a new
     primary), then free this task's lease and put the order back in line at once: left
     held, the order would wait out its lease and the sweeper. Still down: `_redis_down`."""
@@ -153,9 +168,9 @@ def _turn_lost_to_redis(services: Services, task: Any, message: Message, exc: Ex
             continue
         try:
             keys, owner = services.keys, _owner(task)
-            for lease in (keys.cancel_lease(message.order_id), keys.poll_lease(message.order_id)):
+            for lease in (keys.cancel_lease(order_id), keys.poll_lease(order_id)):
                 services.leases.release(lease, owner)
-            record = services.store.get(message.order_id)
+            record = services.store.get(order_id)
             if record is not None and not record.is_final:
                 put_back(services, services.scheduler, record)
         except (redis.RedisError, OperationalError):
@@ -165,39 +180,26 @@ def _turn_lost_to_redis(services: Services, task: Any, message: Message, exc: Ex
     _redis_down(exc)
 
 
-def _take_request(services: Services, message: Message, *, poll: bool) -> str:
-    """A message sent by name: record the order (a cancel) or queue a status read (a poll)."""
-    if not poll:
-        enqueue(services, [message.order_id], message.exchange, message.account, message.priority)
-        return "queued"
-    record = services.store.get(message.order_id)
-    if record is None or record.is_final:
-        return "no_record" if record is None else "final"
-    follow(services, services.scheduler, record.order_id, Step(Move.CHECK, record=record))
-    return "queued"
-
-
-def _use_turn(services: Services, task: Any, message: Message, *, poll: bool) -> str:
-    """Make the one exchange call this turn allows, then put the order in its next line."""
-    scheduler = services.scheduler
-    if message.account not in scheduler.accounts:
-        # Handed out by a dispatcher that serves this account; this worker cannot sign for it.
-        log.error("task.account_not_served", account=message.account)
-        follow(services, scheduler, message.order_id, Step(Move.CHECK if poll else Move.CANCEL))
-        return "not_served"
-    bucket = Bucket.STATUS if poll else Bucket.CANCEL
-    turn = scheduler.turn(message.account, bucket, message.turn or "")
+def _unexpected(services: Services, order_id: str, exc: Exception) -> str:
+    """Record an unexpected error as UNCONFIRMED, re-checked slowly: never lost."""
+    log.exception("task.unexpected_error", error=str(exc))
     try:
-        run = check_turn if poll else cancel_turn
-        step = run(services, message.order_id, turn, owner=_owner(task))
-    finally:
-        turn.give_back()
-    follow(services, scheduler, message.order_id, step)
-    return step.move.value
+        settings = services.settings
+
+        def give_up(record: Any) -> Decision:
+            return unconfirmed(record, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", settings)
+
+        record = services.store.get(order_id)
+        if record is not None and not record.is_final:
+            follow(services, services.scheduler, order_id, give_up(record))
+    except (redis.RedisError, OperationalError) as redis_exc:
+        _redis_down(redis_exc)
+    return "unexpected_error"
 
 
-def _run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, poll: bool) -> str:
-    """Parse the message, take the request or use the turn; never lose the order."""
+def _request(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, poll: bool) -> str:
+    """A request sent by name: a cancel gets in line (and, with a free budget, its DELETE
+    goes now, from here); a poll queues a status read of an order that has a record."""
     try:
         message = parse_message(args, kwargs, poll=poll)
     except InvalidRequest as exc:
@@ -207,88 +209,132 @@ def _run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, poll: bool
     context = {"order_id": message.order_id, "task_id": task.request.id, "account": message.account}
     with structlog.contextvars.bound_contextvars(**context):
         try:
-            if message.turn is None:
-                return _take_request(services, message, poll=poll)
-            return _use_turn(services, task, message, poll=poll)
+            if poll:
+                record = services.store.get(message.order_id)
+                if record is None or record.is_final:
+                    return "no_record" if record is None else "final"
+                follow(services, services.scheduler, record.order_id, Decision(None, Move.CHECK))
+                return "queued"
+            queued = enqueue(
+                services,
+                [message.order_id],
+                message.exchange,
+                message.account,
+                message.priority,
+                message.owner,
+            )
+            own = [t for t in queued.turns if t.job == message.order_id]
+            publish(services, queued.scheduler, [t for t in queued.turns if t not in own])
+            if not own:
+                return "queued"
+            if message.account not in services.scheduler.accounts:
+                publish(services, queued.scheduler, own)  # another worker signs for it
+                return "queued"
+            turn = own[0]
+            return OrderTurn(services, turn.account, turn.job, turn.member, _owner(task)).cancel()
         except InvalidRequest as exc:  # e.g. an account no worker serves
             _dead_letter(task, exc)
             return "dead_letter"
         except (redis.RedisError, OperationalError) as exc:
-            if message.turn is None:
-                _redis_down(exc)
-            return _turn_lost_to_redis(services, task, message, exc)
+            _redis_down(exc)
         except Exception as exc:  # recorded as UNCONFIRMED and re-checked, never lost
-            log.exception("task.unexpected_error", error=str(exc))
-            try:
-                step = give_to_sweeper(
-                    services, message.order_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"
-                )
-                follow(services, services.scheduler, message.order_id, step)
-            except (redis.RedisError, OperationalError) as redis_exc:
-                _redis_down(redis_exc)
-            return "unexpected_error"
+            return _unexpected(services, message.order_id, exc)
+
+
+def _use_turn(task: Any, order_id: str, account: str, turn: str, bucket: Bucket) -> str:
+    """Make the one exchange call this turn allows, then the order joins its next line."""
+    services = get_services()
+    context = {"order_id": order_id, "task_id": task.request.id, "account": account}
+    with structlog.contextvars.bound_contextvars(**context):
+        try:
+            if account not in services.scheduler.accounts:
+                # Handed out by a fleet that serves this account; this worker cannot sign.
+                log.error("task.account_not_served", account=account)
+                move = Move.CANCEL if bucket is Bucket.CANCEL else Move.CHECK
+                follow(services, services.scheduler, order_id, Decision(None, move))
+                return "not_served"
+            used = OrderTurn(services, account, order_id, turn, _owner(task))
+            return used.cancel() if bucket is Bucket.CANCEL else used.check()
+        except (redis.RedisError, OperationalError) as exc:
+            return _turn_lost_to_redis(services, task, order_id, exc)
+        except Exception as exc:
+            return _unexpected(services, order_id, exc)
 
 
 @app.task(name=CANCEL_TASK, bind=True)
 def cancel_order(self: Any, *args: Any, **kwargs: Any) -> str:
-    """Cancel one order: sent by name it queues the order; on its turn it sends the DELETE.
+    """Cancel one order (sent by name): it is recorded and gets in line like
+    `request_cancel`; with the budget free its DELETE is sent from this task.
 
     Arguments (JSON): `order_id` (UUID string), `exchange` (optional, default EXCHANGE_2);
-    keywords `account` (default `default`) and `priority` (`urgent` or `normal`).
+    keywords `account` (default `default`), `priority` (`urgent` or `normal`) and `owner`
+    (the strategy's name, for its share of the budget).
     """
-    return _run(self, args, kwargs, poll=False)
+    return _request(self, args, kwargs, poll=False)
 
 
 @app.task(name=POLL_TASK, bind=True)
 def poll_order_status(self: Any, *args: Any, **kwargs: Any) -> str:
-    """Read one order's status on its turn; sent by name it queues a status read.
+    """Queue a status read of an order that has a record (sent by name).
 
-    Arguments (JSON): `order_id`, `exchange` (optional). The cancel queues these itself.
+    Arguments (JSON): `order_id`, `exchange` (optional). The service queues its own.
     """
-    return _run(self, args, kwargs, poll=True)
+    return _request(self, args, kwargs, poll=True)
+
+
+@app.task(name=CANCEL_TURN_TASK, bind=True)
+def cancel_turn(self: Any, order_id: str, *, account: str, turn: str) -> str:
+    """Use a DELETE turn (internal: published only by the scheduler's hand-outs)."""
+    return _use_turn(self, order_id, account, turn, Bucket.CANCEL)
+
+
+@app.task(name=STATUS_TURN_TASK, bind=True)
+def status_turn(self: Any, order_id: str, *, account: str, turn: str) -> str:
+    """Use a status turn (internal: published only by the scheduler's hand-outs)."""
+    return _use_turn(self, order_id, account, turn, Bucket.STATUS)
 
 
 @app.task(name=SWEEP_TASK)
 def sweep_due() -> int:
-    """Put lost work back in line now (every worker's dispatcher also does this on its own)."""
+    """Put lost work back in line now (every worker also does this on its own)."""
     services = get_services()
     return sweep(services, services.scheduler, limit=SWEEP_BATCH)
 
 
 @dataclass(frozen=True)
 class BatchMessage:
-    """The validated arguments of a cancel-all message."""
+    """The validated arguments of a cancel-all request."""
 
     exchange: str = DEFAULT_EXCHANGE
     symbol: str | None = None
     account: str = DEFAULT_ACCOUNT
     priority: Priority = Priority.NORMAL
-    batch: str | None = None  # set with `turn` by the dispatcher
-    turn: str | None = None
+    batch: str | None = None
 
 
 def parse_batch_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> BatchMessage:
-    """Validate a cancel-all message: `[exchange]`, keywords symbol, account, priority."""
+    """Validate a cancel-all message: `[exchange]`, keywords symbol, account, priority, batch."""
+    if "turn" in kwargs:
+        raise InvalidRequest(
+            "turn", kwargs["turn"], "is not an argument: turns come only from the scheduler"
+        )
     if len(args) > 1:
         raise InvalidRequest("args", list(args), "takes at most 1 argument (exchange)")
-    known = ("exchange", "symbol", "account", "priority", "batch", "turn")
+    known = ("exchange", "symbol", "account", "priority", "batch")
     values: dict[str, Any] = dict(zip(("exchange",), args, strict=False))
     for name, value in kwargs.items():
         if name not in known or name in values:
             raise InvalidRequest(name, value, "is not an argument of this task (or repeated)")
         values[name] = value
-    batch, turn = values.get("batch"), values.get("turn")
+    batch = values.get("batch")
     if batch is not None and not (isinstance(batch, str) and is_batch_id(batch)):
         raise InvalidRequest("batch", batch, "must be a batch id like batch-<uuid>")
-    if turn is not None and not isinstance(turn, str):
-        raise InvalidRequest("turn", turn, "must be a string")
     return BatchMessage(
         exchange=validate_exchange(values.get("exchange", DEFAULT_EXCHANGE)),
         symbol=validate_symbol(values.get("symbol")),
         account=validate_account(values.get("account", DEFAULT_ACCOUNT)),
         priority=validate_priority(values.get("priority", Priority.NORMAL.value)),
         batch=batch,
-        turn=turn,
     )
 
 
@@ -298,8 +344,8 @@ def cancel_all(self: Any, *args: Any, **kwargs: Any) -> str:
 
     Arguments (JSON): `exchange` (optional, default EXCHANGE_2); keywords `symbol` (e.g.
     BTCUSDT; none = every symbol), `account`, `priority`, and `batch` (optional: the id to
-    record it under, `batch-<uuid>`; the same id twice is one batch). Sent by name it records
-    the batch and queues it; on its turn it sends the cancel-all.
+    record it under, `batch-<uuid>`; the same id twice is one batch). It records the batch
+    and queues it; on its turn the cancel-all is sent.
     """
     try:
         message = parse_batch_message(args, kwargs)
@@ -310,22 +356,15 @@ def cancel_all(self: Any, *args: Any, **kwargs: Any) -> str:
     context = {"batch_id": message.batch, "task_id": self.request.id, "account": message.account}
     with structlog.contextvars.bound_contextvars(**context):
         try:
-            if message.turn is None or message.batch is None:
-                batch = create_batch(
-                    services,
-                    message.exchange,
-                    message.symbol,
-                    message.account,
-                    message.priority,
-                    batch_id=message.batch,
-                )
-                return batch.batch_id
-            turn = services.scheduler.turn(message.account, Bucket.CANCEL_ALL, message.turn)
-            try:
-                cancel_all_turn(services, message.batch, turn, owner=_owner(self))
-            finally:
-                turn.give_back()
-            return "done"
+            batch = create_batch(
+                services,
+                message.exchange,
+                message.symbol,
+                message.account,
+                message.priority,
+                batch_id=message.batch,
+            )
+            return batch.batch_id
         except InvalidRequest as exc:
             _dead_letter(self, exc)
             return "dead_letter"
@@ -333,14 +372,30 @@ def cancel_all(self: Any, *args: Any, **kwargs: Any) -> str:
             _redis_down(exc)
 
 
+@app.task(name=CANCEL_ALL_TURN_TASK, bind=True)
+def cancel_all_turn_task(self: Any, *, batch: str, account: str, turn: str) -> str:
+    """Use a cancel-all turn (internal: published only by the scheduler's hand-outs)."""
+    services = get_services()
+    context = {"batch_id": batch, "task_id": self.request.id, "account": account}
+    with structlog.contextvars.bound_contextvars(**context):
+        held = Turn(services.scheduler, account, Bucket.CANCEL_ALL, turn)
+        try:
+            cancel_all_turn(services, batch, held, owner=_owner(self))
+        except (redis.RedisError, OperationalError) as exc:
+            _redis_down(exc)
+        finally:
+            held.give_back()
+    return "done"
+
+
 @app.task(name=LIST_TASK, bind=True)
 def list_orders(self: Any, *, job: str, account: str, bucket: str, turn: str) -> str:
     """Use a turn of an order-list budget: a confirmation pass, or finding out what a lost
-    cancel-all did. Internal: only the dispatcher sends it."""
+    cancel-all did (internal: published only by the scheduler's hand-outs)."""
     services = get_services()
     budget = Bucket(bucket)
     with structlog.contextvars.bound_contextvars(job=job, task_id=self.request.id, account=account):
-        held = services.scheduler.turn(account, budget, turn)
+        held = Turn(services.scheduler, account, budget, turn)
         try:
             if job.startswith(CONFIRM_JOB):
                 confirm_turn(services, account, job, held)
@@ -415,26 +470,30 @@ def _deadman_kwargs(kwargs: dict[str, Any], names: tuple[str, ...]) -> dict[str,
 
 
 class DispatcherStep(bootsteps.StartStopStep):
-    """Runs a Dispatcher in every worker process, for as long as the worker runs."""
+    """Runs a Dispatcher and the fleet's duties in every worker process, while it runs."""
 
     requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.dispatcher: Dispatcher | None = None
+        self.duties: Duties | None = None
 
     def start(self, parent: Any) -> None:
         services = get_services()
         services.settings.signing_accounts()  # fail at start-up, naming what is missing
         queues = parent.app.amqp.queues.consume_from
-        self.dispatcher = Dispatcher(
-            services, services.scheduler, publish_turn, node=parent.hostname, queues=list(queues)
+        self.duties = Duties(
+            services, services.scheduler, node=parent.hostname, queues=list(queues)
         )
+        self.duties.start()
+        self.dispatcher = Dispatcher(services.redis, services.scheduler, services.publisher)
         self.dispatcher.start()
 
     def stop(self, parent: Any) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.stop()
+        for part in (self.dispatcher, self.duties):
+            if part is not None:
+                part.stop()
 
 
 app.steps["worker"].add(DispatcherStep)

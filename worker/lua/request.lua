@@ -1,0 +1,58 @@
+--! uses: common budget lines records
+-- A request: create the records that do not exist yet (each with its first event, state
+-- count and sweeper watch), put the new ones in the account's cancel line, and hand the
+-- line's free turns out at once, so a cancel that meets a free budget needs no dispatcher.
+-- Jobs left waiting wake one.
+-- KEYS: [1] events, [2] state counts, [3] due, [4] active index, [5] wake, [6] the batch's
+--       pending set, [7..10] the cancel line, [11] schedule, [12] pause, [13] margin,
+--       [14..] record keys
+-- ARGV: [1] record TTL s, [2] watch-at ms or "", [3] events maxlen, [4] account, [5] state,
+--       [6] rank, [7] owner, [8] "1" to join the line, [9] batch id or "",
+--       [10..12] line args, [13] "1" to hand out turns, [14] limit, [15] period ms,
+--       [16] margin floor, [17] ceiling, [18] lead ms, [19] watch ms, then per record key:
+--       order id, request time ms, JSON, event JSON
+-- Returns: {"ok", created flags ("1"/"0" per record), replicas, then per turn: job, member,
+--          slot}
+local now = clock()
+local R = {
+  ttl = tonumber(ARGV[1]), events = KEYS[1], counts = KEYS[2], due = KEYS[3],
+  maxlen = ARGV[3], state = ARGV[5], pending = KEYS[6], batch_id = ARGV[9],
+  watch_at = ARGV[2] ~= '' and tonumber(ARGV[2]) or nil,
+}
+local L = line_at(KEYS, 7, ARGV, 10, KEYS[4])
+local rank, owner, joins = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1'
+local created, joined = {}, 0
+for i = 14, #KEYS do
+  local a = 20 + (i - 14) * 4
+  local order_id = ARGV[a]
+  if create_record(R, KEYS[i], order_id, ARGV[a + 2], cjson.decode(ARGV[a + 3])) then
+    created[#created + 1] = '1'
+    if joins then
+      join(L, order_id, rank, now, tonumber(ARGV[a + 1]), i - 14, owner, now)
+      joined = joined + 1
+    end
+  else
+    created[#created + 1] = '0'
+  end
+end
+local out = {'ok', table.concat(created), 0}
+if joined > 0 and ARGV[13] == '1' then
+  local B = budget_at(KEYS[11], KEYS[12], margin_of(KEYS[13], tonumber(ARGV[16]),
+    tonumber(ARGV[17])), tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[17]), now)
+  local name, n, blocked = clock_us(), 0, nil
+  while true do
+    n = n + 1
+    local turn, wait = release_one(L, B, now, tonumber(ARGV[18]), false, name .. '#' .. n)
+    if turn == nil then
+      blocked = wait
+      break
+    end
+    redis.call('ZADD', R.due, now + tonumber(ARGV[19]), turn[1])
+    out[#out + 1], out[#out + 2], out[#out + 3] = turn[1], turn[2], turn[3]
+  end
+  if next_look(L, blocked, now) ~= nil then wake(KEYS[5]) end
+elseif joined > 0 then
+  wake(KEYS[5])
+end
+out[3] = replicas()
+return out
