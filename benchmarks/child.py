@@ -9,22 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from benchmarks import budget, deadman, failover, mass_cancel, pipeline, scheduling, throughput
+from benchmarks.cli import BENCHMARKS
 from benchmarks.common import exit_on_sigterm, quiet_logging
-
-BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
-    "budget": budget.run,
-    "pipeline": pipeline.run,
-    "producer": throughput.run,
-    "scheduling": scheduling.run,
-    "mass_cancel": mass_cancel.run,
-    "deadman": deadman.run,
-    "failover": failover.run,
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_on_sigterm()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix=f"cw-bench-{args.name}-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    result = BENCHMARKS[args.name](smoke=args.smoke, work_dir=log_dir)
+    result = BENCHMARKS[args.name].module.run(smoke=args.smoke, work_dir=log_dir)
     args.out.write_text(json.dumps(result))
     return 0
 

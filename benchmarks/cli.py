@@ -16,22 +16,53 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from benchmarks import report
+from benchmarks import (
+    budget,
+    deadman,
+    failover,
+    mass_cancel,
+    pipeline,
+    report,
+    scheduling,
+    throughput,
+)
 from benchmarks.common import ROOT, say
 
-#: Benchmarks in run order, with (full, smoke) time limits in seconds.
-BENCHMARKS: dict[str, tuple[float, float]] = {
-    "budget": (360.0, 120.0),
-    "pipeline": (300.0, 90.0),
-    "producer": (180.0, 60.0),
-    "scheduling": (480.0, 180.0),
-    "mass_cancel": (720.0, 240.0),
-    "deadman": (300.0, 90.0),
-    "failover": (600.0, 150.0),
+
+class BenchmarkModule(Protocol):
+    """A benchmark's module: `run` measures (in a process of its own), `REPORT` reports."""
+
+    @property
+    def REPORT(self) -> report.Report: ...
+
+    def run(self, *, smoke: bool, work_dir: Path) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One entry of the list: the module, and how long a run of it may take."""
+
+    module: BenchmarkModule
+    full_s: float  # time limit, seconds
+    smoke_s: float  # time limit with --smoke, seconds
+
+
+#: Every benchmark, in run and report order, by the name its figures are saved under.
+#: Adding one: a module with `run` and `REPORT` (see benchmarks.report), and a line here.
+BENCHMARKS: dict[str, Benchmark] = {
+    "budget": Benchmark(budget, 360.0, 120.0),
+    "pipeline": Benchmark(pipeline, 300.0, 90.0),
+    "producer": Benchmark(throughput, 180.0, 60.0),
+    "scheduling": Benchmark(scheduling, 480.0, 180.0),
+    "mass_cancel": Benchmark(mass_cancel, 720.0, 240.0),
+    "deadman": Benchmark(deadman, 300.0, 90.0),
+    "failover": Benchmark(failover, 600.0, 150.0),
 }
+REPORTS: report.Reports = {name: b.module.REPORT for name, b in BENCHMARKS.items()}
 TERM_GRACE_S = 40.0  # a benchmark told to stop gets this long to stop its own workers
 
 
@@ -86,11 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = merge_runs(json.loads(args.merge.read_text()), run)
         plot_path.with_name("results.json").write_text(json.dumps(run, indent=1) + "\n")
     errors: dict[str, str] = dict(run["errors"])
-    _print_tables(run["results"])
+    print()
+    print(report.text(run["results"], REPORTS))
     try:
-        report.plot(run["results"], plot_path)
+        report.plot(run["results"], REPORTS, plot_path)
         link = os.path.relpath(plot_path, md_path.parent)
-        md_path.write_text(report.markdown(run, plot_link=link))
+        md_path.write_text(report.markdown(run, REPORTS, plot_link=link))
     except Exception as exc:  # the report is part of the bench: breaking it fails the run
         errors["report"] = f"{type(exc).__name__}: {exc}"
     print()
@@ -110,7 +142,7 @@ def _measure(names: list[str], *, smoke: bool) -> dict[str, Any]:
     durations: dict[str, float] = {}
     conditions: dict[str, dict[str, Any]] = {}
     for name in names:
-        full_s, smoke_s = BENCHMARKS[name]
+        limit_s = BENCHMARKS[name].smoke_s if smoke else BENCHMARKS[name].full_s
         others = report.other_processes()
         if others:
             say(f"{name}: note: {others} other Celery / pytest processes are running")
@@ -122,7 +154,7 @@ def _measure(names: list[str], *, smoke: bool) -> dict[str, Any]:
         started = time.monotonic()
         say(f"{name}: starting ({'smoke' if smoke else 'full'})")
         try:
-            results[name] = _run_child(name, smoke, work_dir, smoke_s if smoke else full_s)
+            results[name] = _run_child(name, smoke, work_dir, limit_s)
         except _ChildFailed as exc:
             errors[name] = str(exc)
             say(f"{name}: FAILED: {exc}")
@@ -157,33 +189,6 @@ def merge_runs(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
     keys = ("durations", "conditions", "errors", "results")
     return {**saved, **{key: merged(key) for key in keys}}
-
-
-def _print_tables(results: dict[str, Any]) -> None:
-    print()
-    print(report.text_table(report.GOAL_HEADERS, report.goal_rows(report.goals(results))))
-    if "budget" in results:
-        print()
-        print(report.text_table(report.BUDGET_HEADERS, report.budget_rows(results["budget"])))
-    if report.detail_rows(results):
-        print()
-        print(report.text_table(report.DETAIL_HEADERS, report.detail_rows(results)))
-    if "scheduling" in results:
-        print()
-        rows = report.scheduling_rows(results["scheduling"])
-        print(report.text_table(report.DETAIL_HEADERS, rows))
-    if "mass_cancel" in results:
-        print()
-        rows = report.mass_cancel_rows(results["mass_cancel"])
-        print(report.text_table(report.DETAIL_HEADERS, rows))
-    if "deadman" in results:
-        print()
-        rows = report.deadman_detail_rows(results["deadman"])
-        print(report.text_table(report.DETAIL_HEADERS, rows))
-    if "failover" in results:
-        print()
-        rows = report.failover_detail_rows(results["failover"])
-        print(report.text_table(report.DETAIL_HEADERS, rows))
 
 
 class _ChildFailed(Exception):

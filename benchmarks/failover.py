@@ -48,6 +48,7 @@ from typing import Any
 
 import redis
 
+from benchmarks import fmt
 from benchmarks.common import (
     WORKER_READY_TIMEOUT_S,
     ArrivalProbe,
@@ -62,6 +63,7 @@ from benchmarks.common import (
     service_env,
     wait_until,
 )
+from benchmarks.report import DETAIL_HEADERS, Axes, Figures, Goal, Report, Results, Table
 from tests.redis_server import free_ports
 from tests.support import place_orders
 from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
@@ -506,6 +508,275 @@ def summarise(runs: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
         "workers_started": CELERY_WORKERS * len(runs),
         "restarts": sum(len(r["fleet"]["restarts_ms"]) for r in runs),
     }
+
+
+# ---- its part of the report: goal (9), the (9) section and its plot ------------------------
+
+METHOD = (
+    "- Failover (9): each failover in a process of its own (`python -m benchmarks.failover "
+    "INDEX`: the service reads REDIS_URL once, and every layout has ports of its own) with "
+    "five redis-servers (`SentinelLayout.commands`), started and waited for as "
+    "tests/test_failover.py does (the replica's link up, each Sentinel seeing 2 others and "
+    "a replica), and two `cancel-worker worker` processes, ready once 4 Celery workers "
+    "answer a ping and the account is registered. The fleet runs under the product's own "
+    "supervisor, as in production (tests/test_failover.py starts bare Celery workers); any "
+    "Celery worker that exits is counted and shown under (9). "
+    "The kill is SIGKILL on the primary's process, stamped just before the "
+    "signal; Sentinels are polled from a thread started just before it. Arrival stamps as "
+    "in (8). The Sentinel events (`+sdown`, `+odown`, `+switch-master`) are read from the "
+    "Sentinels' logs (local time, whole ms); `dispatcher.new_primary`, "
+    "`budget.replica_unconfirmed`, `Unrecoverable error` and `stack.restarted` from the "
+    "hosts' JSON logs. "
+    "Medians over the failovers; a ratio (b) ÷ (a) is taken per failover, then its median.",
+)
+
+
+def _failover_ok(fo: Figures) -> bool:
+    """Every cancel carried out once and recorded as the exchange has it, with no 429."""
+    orders = int(fo["orders"])
+    return (
+        int(fo["match_truth"]) == orders
+        and int(fo["one_delete"]) == orders
+        and int(fo["one_accepted"]) == orders
+        and int(fo["rate_limited"]) == 0
+    )
+
+
+def _goals(fo: Figures, results: Results) -> list[Goal]:
+    """(9): the failovers' outcome; their median time beside Sentinel's own promotion."""
+    a, b = fo["promotion_ms"]["median"], fo["first_request_ms"]["median"]
+    n = fo["failovers"]
+    return [
+        Goal(
+            f"(9) losing the Redis primary ({n} failover{'s' if n != 1 else ''}, median)",
+            f"kill → first request {fmt.ms_as_seconds(b)}, the fleet's own "
+            f"{fmt.ms_as_seconds(fo['resumption_ms']['median'])} after the promotion; "
+            f"{fo['match_truth']}/{fo['orders']} records = exchange, "
+            f"{fo['one_delete']}/{fo['orders']} with one DELETE, {fo['rate_limited']} 429s; "
+            f"Celery workers died {fo['worker_deaths']} of {fo['workers_started']} (restarted "
+            "by `cancel-worker worker`)",
+            f"Sentinel's promotion (kill → replica named) {fmt.ms_as_seconds(a)}",
+            fo["ratio"]["median"],
+            "every record = exchange, one DELETE each, 0 429s (no time bound set)",
+            _failover_ok(fo),
+        )
+    ]
+
+
+FAILOVER_HEADERS = [
+    "failover",
+    "(a) Sentinel names the replica",
+    "(b) first request (kind)",
+    "(b) - (a): the fleet's own",
+    "(b) ÷ (a)",
+    "a dispatcher notes the new primary",
+    "(c) first DELETE",
+    "first burst's window frees",
+    "last DELETE",
+    "last final record",
+    "records = exchange",
+    "orders with 1 DELETE",
+    "429s",
+    "Celery workers died / restarted / running at the end",
+]
+
+
+def _failover_rows(fo: Figures) -> list[list[str]]:
+    """(9): each failover, times from the kill; then the medians."""
+    rows = []
+    for i, r in enumerate(fo["runs"], 1):
+        a, b = r["promotion_ms"], r["first_request_ms"]
+        rows.append(
+            [
+                str(i),
+                fmt.ms_as_seconds(a),
+                f"{fmt.ms_as_seconds(b)} ({r['first_request_endpoint']})",
+                fmt.ms_as_seconds(b - a),
+                fmt.ratio(b / a),
+                fmt.ms_as_seconds(r["fleet"]["new_primary_ms"]),
+                fmt.ms_as_seconds(r["first_delete_ms"]),
+                fmt.ms_as_seconds(r["window_frees_ms"]),
+                fmt.ms_as_seconds(r["last_delete_ms"]),
+                fmt.ms_as_seconds(r["last_final_ms"]),
+                f"{r['match_truth']}/{r['orders']}",
+                f"{int(r['deletes_per_order'].get('1', 0))}/{r['orders']}",
+                str(sum(r["rate_limited"].values())),
+                f"{len(r['fleet']['deaths'])} / {len(r['fleet']['restarts_ms'])} / "
+                f"{r['workers_running']} of {r['workers']}",
+            ]
+        )
+    rows.append(
+        [
+            "median",
+            fmt.ms_as_seconds(fo["promotion_ms"]["median"]),
+            fmt.ms_as_seconds(fo["first_request_ms"]["median"]),
+            fmt.ms_as_seconds(fo["resumption_ms"]["median"]),
+            fmt.ratio(fo["ratio"]["median"]),
+            fmt.ms_as_seconds(fo["new_primary_ms"]["median"]),
+            fmt.ms_as_seconds(fo["first_delete_ms"]["median"]),
+            "",
+            fmt.ms_as_seconds(fo["last_delete_ms"]["median"]),
+            fmt.ms_as_seconds(fo["last_final_ms"]["median"]),
+            f"{fo['match_truth']}/{fo['orders']} (all)",
+            f"{fo['one_delete']}/{fo['orders']} (all)",
+            f"{fo['rate_limited']} (all)",
+            f"{fo['worker_deaths']} / {fo['restarts']} / {fo['workers_running']} of "
+            f"{fo['workers_started']} (all)",
+        ]
+    )
+    return rows
+
+
+def _detail_rows(fo: Figures) -> list[list[str]]:
+    """Benchmark 9 as (section, measure, value) rows, for the terminal."""
+    names = FAILOVER_HEADERS[1:]
+    return [
+        ["(9) failover", f"#{row[0]}",
+         "; ".join(f"{h} {v}" for h, v in zip(names, row[1:], strict=True))]
+        for row in _failover_rows(fo)
+    ]  # fmt: skip
+
+
+def _section(fo: Figures, results: Results) -> list[str]:
+    """(9): Sentinel's promotion, the fleet's resumption, and what the kill cost."""
+    limits = fo["limits"]
+    return [
+        "## (9) Losing the Redis primary (Sentinel)",
+        "",
+        f"Each failover ({fo['failovers']} here): a fresh "
+        "`worker.stack.SentinelLayout` (a primary, a replica and three Sentinels on "
+        f"loopback, AOF, quorum 2, `down-after-milliseconds` {fo['down_after_ms']}, "
+        f"`failover-timeout` {fo['failover_timeout_ms']}), a fresh sandbox and a fleet "
+        f"of {fo['hosts']} hosts, i.e. {fo['hosts']} `cancel-worker worker` processes (each "
+        "the supervisor of a cancels -c 4 and a polls -c 8 Celery worker, restarting one "
+        "that dies, as in production), "
+        f"with REDIS_URL naming the Sentinels; budgets {limits['cancel']} DELETE and "
+        f"{limits['status']} status and lists, on the workers and the sandbox, so the DELETE "
+        f"window does not dominate. {fo['orders_each']} cancels requested at once "
+        "(`request_cancels`, acknowledged once a replica has them); as soon as the first "
+        f"{fo['first_burst']} DELETEs (the first burst) reached the sandbox, the primary was "
+        "SIGKILLed. Times from the kill, on one wall clock: (a) Sentinel's own promotion, "
+        "the first `SENTINEL get-master-addr-by-name` (each Sentinel asked every "
+        f"{fo['sentinel_poll_ms']:g} ms) that names the replica: the anchor; (b) the first "
+        "request of any kind the sandbox receives; (c) the first DELETE, which also waits "
+        "for the first burst's window (its first DELETE + 2 s, shown beside it). (b) - (a) "
+        "is the fleet's own resumption time. Records = exchange and DELETEs per order are "
+        "checked once every order is final (the sandbox's per-order counters).",
+        "",
+        fmt.md_table(FAILOVER_HEADERS, _failover_rows(fo)),
+        "",
+        *_notes(fo),
+        "",
+    ]
+
+
+def _notes(fo: Figures) -> list[str]:
+    """What the logs say about where the time went, in words that follow this run."""
+    runs = fo["runs"]
+    notes = []
+    events = {
+        name: [r["sentinel"][name] for r in runs if r["sentinel"].get(name) is not None]
+        for name in ("+sdown", "+odown", "+switch-master")
+    }
+    if all(events.values()):
+        switched = percentile(events["+switch-master"], 50)
+        early = fo["promotion_ms"]["median"] < switched
+        notes.append(
+            "- Sentinel (the first of the three to log each, median over the failovers): "
+            + ", ".join(
+                f"`{name}` {fmt.ms_as_seconds(percentile(v, 50))}" for name, v in events.items()
+            )
+            + f" after the kill, with `down-after-milliseconds` {fo['down_after_ms']}"
+            + (
+                "; (a) comes before `+switch-master`: while its failover is under way, the "
+                "leading Sentinel already names the replica it promoted."
+                if early
+                else "."
+            )
+        )
+    noticed = fo["new_primary_ms"]["median"]
+    if not math.isnan(noticed):
+        notes.append(
+            "- The fleet: a dispatcher logged `dispatcher.new_primary` "
+            f"{fmt.ms_as_seconds(noticed)} after the kill, "
+            f"{fmt.ms_as_seconds(noticed - fo['promotion_ms']['median'])} after the promotion "
+            "(medians); a dispatcher whose Redis call failed tries again after 1 s "
+            "(worker/dispatcher.py `ERROR_PAUSE_S`)."
+        )
+    if fo["replica_holds"]:
+        notes.append(
+            f"- {fo['replica_holds']} turns (over all failovers) logged "
+            "`budget.replica_unconfirmed`: after the promotion no replica is left (the old "
+            "primary is dead), yet a turn's send time waited for `WAIT 1` "
+            "(`CANCEL_WORKER_REPLICA_WAIT_MS`, 500 ms) and, unconfirmed, held its budget for "
+            "`REPLICA_HOLD_MS` (1 s) with the slot spent and nothing sent; the replica count "
+            "the check relies on is cached (worker/connection.py `REPLICAS_CACHE_S`), so it "
+            "still counted the old primary's replica."
+        )
+    deaths = [d for r in runs for d in r["fleet"]["deaths"]]
+    if deaths:
+        kinds = sorted({d.split(": ", 1)[1] for d in deaths})
+        restarts = [at for r in runs for at in r["fleet"]["restarts_ms"]]
+        exited = Counter(name for r in runs for name in r["fleet"].get("exited", []))
+        which = ", ".join(f"{n} {name}" for name, n in sorted(exited.items()))
+        notes.append(
+            f"- {len(deaths)} of the {fo['workers_started']} Celery workers exited during the "
+            "failovers"
+            + (f" ({which}, by their supervisors' logs)" if which else "")
+            + f" with {'; '.join(f'`{k}`' for k in kinds)}, raised in kombu's Redis "
+            "transport while closing the lost broker connection. Their `cancel-worker "
+            f"worker` supervisors restarted {len(restarts)}"
+            + (f", the first {fmt.ms_as_seconds(min(restarts))} after the kill" if restarts else "")
+            + ". A message a dead worker held comes back only after the visibility timeout "
+            "(`CANCEL_WORKER_VISIBILITY_TIMEOUT_S`, 30 s): an order whose DELETE was under way "
+            "on it at the kill is confirmed only then, hence a last final record about 30 s "
+            "after the kill in the failovers where that happened."
+        )
+    return notes
+
+
+def _plot(ax: Axes, fo: Figures) -> None:
+    """Each failover's requests at the sandbox on a time line from the kill."""
+    for i, r in enumerate(fo["runs"], 1):
+        arrivals = r["arrivals_ms"]
+        deletes = [at / 1000 for at in arrivals.get("cancel", [])]
+        others = [at / 1000 for name, ats in arrivals.items() if name != "cancel" for at in ats]
+        first = i == 1
+        ax.plot(deletes, [i] * len(deletes), "|", color="tab:blue", markersize=10,
+                label="DELETE at the sandbox" if first else None)  # fmt: skip
+        ax.plot(others, [i - 0.2] * len(others), ".", color="tab:gray",
+                label="status / list request" if first else None)  # fmt: skip
+        ax.plot([r["promotion_ms"] / 1000], [i], "v", color="tab:red", markersize=9,
+                label="(a) Sentinel names the replica" if first else None)  # fmt: skip
+        ax.plot([r["first_request_ms"] / 1000], [i + 0.2], "^", color="tab:green", markersize=9,
+                label="(b) first request after the kill" if first else None)  # fmt: skip
+        noticed = r["fleet"]["new_primary_ms"]
+        if noticed is not None:
+            ax.plot([noticed / 1000], [i + 0.2], "x", color="tab:purple", markersize=9,
+                    label="a dispatcher notes the new primary" if first else None)  # fmt: skip
+    ax.axvline(0, color="black", linestyle="--", label="the primary SIGKILLed")
+    ax.set_xlim(-1, max(10.0, max(r["last_delete_ms"] for r in fo["runs"]) / 1000 + 1))
+    ax.set_yticks(range(1, len(fo["runs"]) + 1))
+    ax.set_ylim(0.3, len(fo["runs"]) + 0.7)
+    ax.set_ylabel("failover")
+    ax.set_xlabel("seconds since the kill (later status reads off the right edge)")
+    ax.set_title(f"(9) requests at the sandbox around the loss of the Redis primary, "
+                 f"{fo['orders_each']} cancels at {fo['limits']['cancel']}")  # fmt: skip
+
+
+def _tables(fo: Figures, results: Results) -> list[Table]:
+    return [(DETAIL_HEADERS, _detail_rows(fo))]
+
+
+REPORT = Report(
+    goals=_goals,
+    section=_section,
+    tables=_tables,
+    panels=(_plot,),  # its y axis is the failover's number, not a count: no set_ylim(0)
+    goals_note="(9) is what tests/test_failover.py asserts of a lost primary (every cancel "
+    "carried out once, no 429), with its times beside Sentinel's own",
+    method=METHOD,
+)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import fmt
 from benchmarks.common import (
     BenchError,
     Processes,
@@ -56,6 +57,7 @@ from benchmarks.common import (
     wait_until,
     wait_workers_ready,
 )
+from benchmarks.report import DETAIL_HEADERS, Axes, Figures, Goal, Report, Results, Table
 from tests.redis_server import redis_server
 from tests.support import place_orders
 from worker.rates import parse_rate
@@ -460,6 +462,352 @@ def summarise(runs: Mapping[str, dict[str, Any]], sizes: Sizes) -> dict[str, Any
             "anchor_list_calls": status_only["calls"]["closed"] + status_only["calls"]["open"],
         },
     }
+
+
+# ---- its part of the report: goals (7a)-(7b), the (7) section and its plot -----------------
+
+# Issue 12's bounds, as tests/test_mass_cancel.py asserts them (request → last final record):
+CANCEL_ALL_BOUND_S = 5.0  # 100 open orders on 5 symbols, one cancel-all
+LIST_CONFIRM_BOUND_S = 10.0  # 30 per-order cancels confirmed through the lists
+METHOD = (
+    "- Cancel-all and the lists (7): every run at the exchange's real limits, in a process "
+    "of its own (`python -m benchmarks.mass_cancel RUN`) with its own redis-server, "
+    "sandbox, API key and account name, because the service reads its settings once, at "
+    "import. Its workers serve that account only (`COINSWITCH_API_KEY` empty). Calls and "
+    "429s per endpoint come from the sandbox's `stats()['endpoints'][name]['by_key']`, "
+    "counted from the request on; each order's truth from `/_sandbox/orders/<id>`. A "
+    "figure computed rather than measured (the per-order time for all of (7a)'s orders) "
+    "says so where it appears.",
+)
+
+
+def _total_429s(run: Figures) -> int:
+    """429s on every endpoint of a run's key."""
+    return sum(run["rate_limited"].values())
+
+
+def _matches(run: Figures) -> str:
+    """`100/100`: final records equal to the exchange, of the run's orders."""
+    return f"{run['match_truth']}/{run['orders']}"
+
+
+def _cancel_all_anchor(mc: Figures) -> tuple[str, float]:
+    """(7a)'s anchor in words, and the ratio to it: the extrapolated per-order time when the
+    anchor run lasted long enough to measure a rate, else the time computed from the limit."""
+    ca = mc["cancel_all"]
+    rate = ca["anchor_rate_per_min"]
+    if not math.isnan(rate):
+        return (
+            f"per order ≈ {fmt.minutes(ca['anchor_extrapolated_s'])}, extrapolated: "
+            f"{ca['orders']} ÷ {rate:.2f} DELETE/min measured on {ca['anchor_orders']}",
+            ca["over_extrapolated"],
+        )
+    return (
+        f"per order {fmt.minutes(ca['anchor_analytic_s'])}, computed: {ca['orders']} orders at "
+        f"{mc['limits']['cancel']} (the {ca['anchor_orders']} measured spanned no window)",
+        ca["over_analytic"],
+    )
+
+
+def _goals(mc: Figures, results: Results) -> list[Goal]:
+    """Issue 12's figures, on the bounds tests/test_mass_cancel.py asserts."""
+    runs = mc["runs"]
+    ca, lists, anchor = runs["cancel_all"], runs["lists"], runs["status_only"]
+    calls = ca["calls"]
+    anchor_words, ratio = _cancel_all_anchor(mc)
+    return [
+        Goal(
+            f"(7a) cancel-all, {ca['orders']} orders on {ca['symbols']} symbols",
+            f"{fmt.seconds(ca['to_last_final_s'])} request → last final; {calls['cancel_all']} "
+            f"cancel-all, {calls['closed'] + calls['open']} list, {calls['status']} status, "
+            f"{calls['cancel']} DELETE calls; {_total_429s(ca)} 429s; {_matches(ca)} records "
+            "= exchange",
+            anchor_words,
+            ratio,
+            f"≤ {CANCEL_ALL_BOUND_S:g} s, 0 429s, every record = exchange",
+            ca["to_last_final_s"] <= CANCEL_ALL_BOUND_S
+            and _total_429s(ca) == 0
+            and ca["match_truth"] == ca["orders"],
+        ),
+        Goal(
+            f"(7b) {lists['orders']} cancels confirmed through the lists",
+            f"{fmt.seconds(lists['to_last_final_s'])} request → last final; "
+            f"{lists['calls']['status']} status, "
+            f"{lists['calls']['closed'] + lists['calls']['open']} list calls; "
+            f"{_total_429s(lists)} 429s; {_matches(lists)} records = exchange",
+            f"status reads only (lists refused) {fmt.seconds(anchor['to_last_final_s'])}, "
+            f"{anchor['calls']['status']} status calls",
+            mc["lists"]["over_anchor"],
+            f"≤ {LIST_CONFIRM_BOUND_S:g} s, 0 429s, every record = exchange",
+            lists["to_last_final_s"] <= LIST_CONFIRM_BOUND_S
+            and _total_429s(lists) == 0
+            and lists["match_truth"] == lists["orders"],
+        ),
+    ]
+
+
+MASS_RUN_HEADERS = [
+    "run (measured)",
+    "orders",
+    "request → last final",
+    "cancel-all calls",
+    "DELETEs",
+    "status reads",
+    "list calls (closed / open)",
+    "429s",
+    "records = exchange",
+    "final states",
+]
+
+
+def _run_row(label: str, run: Figures) -> list[str]:
+    """One run of (7a)'s table."""
+    calls = run["calls"]
+    states = ", ".join(f"{n} {state}" for state, n in sorted(run["final_states"].items()))
+    limited = run["rate_limited"]
+    where = ", ".join(f"{n} {name}" for name, n in limited.items() if n)
+    return [
+        label,
+        str(run["orders"]),
+        fmt.seconds(run["to_last_final_s"]),
+        str(calls["cancel_all"]),
+        str(calls["cancel"]),
+        str(calls["status"]),
+        f"{calls['closed']} / {calls['open']}",
+        f"{_total_429s(run)}" + (f" ({where})" if where else ""),
+        _matches(run),
+        states,
+    ]
+
+
+def _mass_run_rows(mc: Figures) -> list[list[str]]:
+    """(7a): the cancel-all run and the per-order run it is compared with."""
+    runs = mc["runs"]
+    return [
+        _run_row("cancel-all for the account", runs["cancel_all"]),
+        _run_row("per-order cancels (anchor)", runs["per_order"]),
+    ]
+
+
+ANCHOR_HEADERS = ["measure", "value", "measured or computed"]
+
+
+def _cancel_all_anchor_rows(mc: Figures) -> list[list[str]]:
+    """(7a): the per-order anchor for the cancel-all's order count, and the ratios to it."""
+    ca = mc["cancel_all"]
+    n, limit = ca["orders"], mc["limits"]["cancel"]
+    rate = ca["anchor_rate_per_min"]
+    no_rate = f"{fmt.NOT_MEASURED} (the DELETEs spanned less than one window)"
+    return [
+        [f"per order, {ca['anchor_orders']} orders: request → last final",
+         fmt.seconds(ca["anchor_measured_s"]), "measured"],
+        [f"per order: DELETE rate, first → last DELETE at the sandbox ({ca['anchor_orders']} "
+         "orders)", no_rate if math.isnan(rate) else f"{rate:.2f} DELETE/min", "measured"],
+        [f"per order, {n} orders: {n} ÷ the measured DELETE rate",
+         fmt.NOT_MEASURED if math.isnan(rate) else f"≈ {fmt.minutes(ca['anchor_extrapolated_s'])}",
+         "computed: extrapolated from the measured rate"],
+        [f"per order, {n} orders: {n} orders at the limit, {limit}",
+         fmt.minutes(ca["anchor_analytic_s"]), "computed from the limit"],
+        [f"cancel-all ({fmt.seconds(ca['to_last_final_s'])}) ÷ per order extrapolated",
+         fmt.fine_ratio(ca["over_extrapolated"]), "ratio"],
+        [f"cancel-all ({fmt.seconds(ca['to_last_final_s'])}) ÷ per order from the limit",
+         fmt.fine_ratio(ca["over_analytic"]), "ratio"],
+    ]  # fmt: skip
+
+
+LIST_HEADERS = [
+    "confirmation (measured)",
+    "orders",
+    "request → last final",
+    "÷ anchor",
+    "status reads",
+    "÷ anchor",
+    "list calls (closed + open)",
+    "429s",
+    "records = exchange",
+]
+
+
+def _list_rows(mc: Figures) -> list[list[str]]:
+    """(7b): confirmation through the lists beside status reads only (the anchor)."""
+    runs = mc["runs"]
+    anchor = runs["status_only"]
+    rows = []
+    for label, run in (
+        ("list passes first, a status read behind (the worker)", runs["lists"]),
+        ("status reads only: lists refused (anchor)", anchor),
+    ):
+        limited = run["rate_limited"]
+        where = ", ".join(f"{n} {name}" for name, n in limited.items() if n)
+        status = run["calls"]["status"]
+        rows.append(
+            [
+                label,
+                str(run["orders"]),
+                fmt.seconds(run["to_last_final_s"]),
+                fmt.fine_ratio(run["to_last_final_s"] / anchor["to_last_final_s"]),
+                str(status),
+                fmt.fine_ratio(status / anchor["calls"]["status"]),
+                str(run["calls"]["closed"] + run["calls"]["open"]),
+                f"{_total_429s(run)}" + (f" ({where})" if where else ""),
+                _matches(run),
+            ]
+        )
+    return rows
+
+
+def _detail_rows(mc: Figures) -> list[list[str]]:
+    """Benchmark 7 as (section, measure, value) rows, for the terminal."""
+    rows: list[list[str]] = []
+    for row in _mass_run_rows(mc):
+        rows.append(
+            ["(7a) cancel-all", row[0], f"{row[1]} orders, {row[2]} to last final, calls: "
+             f"{row[3]} cancel-all, {row[4]} DELETE, {row[5]} status, {row[6]} lists; "
+             f"{row[7]} 429s; {row[8]} = exchange"]
+        )  # fmt: skip
+    rows += [["(7a) cancel-all", f"{m} ({how})", v] for m, v, how in _cancel_all_anchor_rows(mc)]
+    for row in _list_rows(mc):
+        rows.append(
+            ["(7b) lists", row[0], f"{row[1]} orders, {row[2]} to last final (÷ anchor "
+             f"{row[3]}), {row[4]} status reads (÷ anchor {row[5]}), {row[6]} list calls, "
+             f"{row[7]} 429s, {row[8]} = exchange"]
+        )  # fmt: skip
+    return rows
+
+
+def _section(mc: Figures, results: Results) -> list[str]:
+    """(7a)-(7b): cancel-all vs per-order cancels; list confirmation vs status reads."""
+    limits = mc["limits"]
+    runs = mc["runs"]
+    ca, per_order = runs["cancel_all"], runs["per_order"]
+    lists, anchor = runs["lists"], runs["status_only"]
+    return [
+        "## (7) Cancel-all and confirmation through the order lists (issue 12)",
+        "",
+        f"Every run at the exchange's real limits per key (cancel {limits['cancel']}, status "
+        f"{limits['status']}, cancel-all {limits['cancel_all']}, Open and Closed Orders "
+        f"{limits['list']} each) on a sandbox that confirms a cancel "
+        f"{mc['confirm_delay_ms']} ms after accepting it and lets "
+        f"{mc['fill_race_rate']:.0%} of cancels lose the race to a fill (seed {mc['seed']}). "
+        "Each run has a process, a redis-server, a sandbox, an API key and an account of its "
+        "own, and two Celery workers that serve only that account (`-Q cancels` and `-Q "
+        "polls`, -c 4 each, every other setting at its default), so no run sees another's "
+        "budgets or lines. Time = the request → the last order's final record (`final_at`). "
+        "Calls = requests of the run's key reaching the sandbox after the request, 429s "
+        "included. Records = exchange: each order's final record has the state the sandbox "
+        "shows for it.",
+        "",
+        f"### (7a) Cancel-all vs per-order cancels, {ca['orders']} open orders on "
+        f"{ca['symbols']} symbols",
+        "",
+        f"One `request_cancel_all` for the account (no symbol). The anchor is the per-order "
+        f"path, `request_cancels`, at {limits['cancel']}: all {ca['orders']} per order would "
+        f"take about {fmt.minutes(mc['cancel_all']['anchor_analytic_s'])} of the run, so "
+        f"{per_order['orders']} orders (spread over the same symbols) are cancelled and "
+        "measured, and the figure for all of them is computed from that run's DELETE rate "
+        "(and, beside it, from the limit alone). The table says which figure is which.",
+        "",
+        fmt.md_table(MASS_RUN_HEADERS, _mass_run_rows(mc)),
+        "",
+        fmt.md_table(ANCHOR_HEADERS, _cancel_all_anchor_rows(mc)),
+        "",
+        f"### (7b) {lists['orders']} per-order cancels confirmed through the lists vs status "
+        "reads only",
+        "",
+        f"The DELETE limit raised to {limits['fast_cancel']} on the sandbox and the workers, "
+        f"so DELETEs are not the bottleneck; status at {limits['status']}, each list at "
+        f"{limits['list']}. {lists['orders']} orders of one symbol, requested at once. The "
+        "worker confirms three or more awaiting orders of an account through Closed Orders "
+        "passes (50 orders a call), with a status read behind each order for what the lists "
+        "do not settle.",
+        "",
+        fmt.md_table(LIST_HEADERS, _list_rows(mc)),
+        "",
+        _status_anchor_note(mc, anchor),
+        "",
+    ]
+
+
+def _status_anchor_note(mc: Figures, anchor: Figures) -> str:
+    """How (7b)'s anchor was made, and where its time went, from this run's arrivals."""
+    limits, ls = mc["limits"], mc["lists"]
+    status = anchor["arrivals_ms"]["status"]
+    period_ms = mc["status_period_ms"]
+    backstop_ms = ls["backstop_s"] * 1000
+    at_once = sum(1 for at in status if at < backstop_ms)
+    late = sum(1 for at in status if at >= period_ms)
+    where = ""
+    if status:
+        where = (
+            f" In this anchor, {at_once} of its {len(status)} status reads reached the sandbox "
+            f"before the {backstop_ms / 1000:g} s wait was up (an order that finds fewer than "
+            f"3 awaiting gets its read at once), {late} only after the first status window "
+            f"({limits['status']}) had passed, and the last at {status[-1] / 1000:.1f} s."
+        )
+    if ls["status_floor_s"] > 0:
+        where += (
+            f" Status reads alone need at least {ls['status_floor_s']:g} s for "
+            f"{anchor['orders']} orders at {limits['status']} (computed from the limit)."
+        )
+    return (
+        "**How the anchor was made.** worker/ has no switch for status reads only, so the "
+        "anchor's sandbox allows one list call per hour per key "
+        f"(`list_limit={limits['no_list']}`) and the benchmark spends that call (and the Open "
+        "Orders one) before the request: every list pass the workers try is refused with a "
+        "429, which pauses their list budget for a window, and the status read behind each "
+        "order does the work. The workers keep the measured run's list budgets "
+        f"({limits['list']}): with a worker list budget of {limits['no_list']} as well, the "
+        "worker would put every status read behind a pass "
+        f"{ls['no_list_backstop_s'] / 3600:g} h after its DELETE (worker/confirmation.py: "
+        "max(3 s, twice the closed-orders slot interval)) and the anchor would not end. So "
+        f"the anchor pays the worker's {ls['backstop_s']:g} s wait behind a refused pass, which "
+        "a design with no lists would not." + where
+    )
+
+
+def _plot(ax: Axes, mc: Figures) -> None:
+    """Share of each run's orders with a final record, against log time since the request."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    runs = mc["runs"]
+    for key, label, style, color in (
+        ("cancel_all", "(7a) cancel-all", "-", "tab:blue"),
+        ("per_order", "(7a) per-order cancels (anchor)", "--", "tab:blue"),
+        ("lists", "(7b) confirmed through the lists", "-", "tab:green"),
+        ("status_only", "(7b) status reads only (anchor)", "--", "tab:green"),
+    ):
+        run = runs[key]
+        finals = [max(at, 1) / 1000 for at in run["finals_ms"]]
+        shares = [100 * n / run["orders"] for n in range(len(finals) + 1)]
+        ax.step(
+            [finals[0], *finals],
+            shares,
+            where="post",
+            linestyle=style,
+            color=color,
+            label=f"{label}: {run['orders']} orders, last at {run['to_last_final_s']:.1f} s",
+        )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("% of the orders final")
+    ax.set_title("(7) orders with a final record after the request, real limits (log time)")
+    ax.set_xlabel("seconds since the request")
+    ax.set_ylim(bottom=0)
+
+
+def _tables(mc: Figures, results: Results) -> list[Table]:
+    return [(DETAIL_HEADERS, _detail_rows(mc))]
+
+
+REPORT = Report(
+    goals=_goals,
+    section=_section,
+    tables=_tables,
+    panels=(_plot,),
+    goals_note="(7a)-(7b) are issue 12's, judged on the bounds tests/test_mass_cancel.py asserts",
+    method=METHOD,
+)
 
 
 if __name__ == "__main__":

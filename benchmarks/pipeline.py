@@ -5,6 +5,9 @@
 3. Time to final, enqueue → final record, sandbox confirm delay 200 ms, status budget
    20/2s: one order alone (repeated), and 30 orders at once sharing the status budget.
 5. Worker footprint: VmRSS of each of the two Celery workers, idle and after 2 and 3.
+
+Its part of the report (`REPORT`, at the end) has goals (2) and (3), and the (2)-(5) section,
+whose table also holds the producer benchmark's rows (benchmarks.throughput).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import redis
 import requests
 
+from benchmarks import fmt, throughput
 from benchmarks.common import (
     ArrivalProbe,
     BenchError,
@@ -38,6 +42,16 @@ from benchmarks.common import (
     wait_budgets_idle,
     wait_until,
     wait_workers_ready,
+)
+from benchmarks.report import (
+    DETAIL_HEADERS,
+    Axes,
+    Figures,
+    Goal,
+    Report,
+    Results,
+    Table,
+    window_steps,
 )
 from tests.redis_server import redis_server
 from worker.exchange import ORDER_PATH
@@ -265,3 +279,130 @@ def _burst_to_final(sandbox: SandboxHandle, redis_url: str) -> dict[str, Any]:
         "status_arrivals_ms": [int(at - started_ms) for at in polls],
         "final_record_bytes": sum(sizes) / len(sizes),
     }
+
+
+# ---- its part of the report: goals (2) and (3), the (2)-(5) section, the status plot -------
+
+LATENCY_GOAL_MS = 10.0  # p50 enqueue → DELETE arrival
+FINAL_SLACK_MS = 1000.0  # p50 to final ≤ confirm delay + this, one order alone
+WORKER_THREADS = (("cancels", 4), ("polls", 8))  # `cancel-worker worker`'s -c per queue
+KIB_PER_MIB = 1024
+METHOD = (
+    "- Latency: `request_cancel` → the sandbox handler receiving the DELETE, timed with "
+    "`perf_counter` in the same process, budget free (cancels 1000/1s), one cancel at a "
+    "time after 5 unmeasured warm-ups, with `cancel-worker worker` (cancels -c 4, polls "
+    "-c 8) at INFO logging. The path: the request joins the line (one Lua call, which "
+    "leaves a wake token), a dispatcher takes the token, releases the turn and publishes "
+    "the task, a cancels worker runs it and commits its send time just before the "
+    "DELETE. The direct call is a signed `requests` DELETE from the bench process to the "
+    "same sandbox.",
+    "- Time to final: `request_cancel` → the record's `final_at`. The sandbox confirms a "
+    "cancel 200 ms after accepting it; the worker's first poll comes "
+    "`CANCEL_WORKER_POLL_INITIAL_DELAY_S` (default 0.5 s) after the DELETE, which sets "
+    "the floor. The 30-order burst shares the 20/2s status budget. Each run starts once "
+    "the previous one's sends have left every budget's window.",
+    "- Footprint: VmRSS from /proc of the two Celery workers `cancel-worker worker` "
+    "starts, idle after start-up and again after benchmarks 2 and 3.",
+)
+
+
+def _goals(pipeline: Figures, results: Results) -> list[Goal]:
+    """(2) added latency and (3) time to final, each a p50 against its bound."""
+    latency = pipeline["latency"]
+    p50 = latency["service_p50_ms"]
+    final = pipeline["to_final"]
+    anchor = final["confirm_delay_ms"] + FINAL_SLACK_MS
+    single_p50 = final["single_p50_ms"]
+    return [
+        Goal(
+            "(2) added latency p50",
+            f"{p50:.1f} ms enqueue → DELETE",
+            f"{LATENCY_GOAL_MS:g} ms",
+            p50 / LATENCY_GOAL_MS,
+            "≤ 1",
+            p50 <= LATENCY_GOAL_MS,
+        ),
+        Goal(
+            "(3) time to final p50, one order",
+            f"{single_p50:.0f} ms",
+            f"confirm {final['confirm_delay_ms']} ms + 1 s",
+            single_p50 / anchor,
+            "≤ 1",
+            single_p50 <= anchor,
+        ),
+    ]
+
+
+def _detail_rows(pipeline: Figures, results: Results) -> list[list[str]]:
+    """(2)-(5) as (benchmark, measure, value), with the producer's rows (4) in goal order."""
+    lat = pipeline["latency"]
+    n = lat["count"]
+    rows = [
+        ["(2) latency", f"cancel-worker enqueue → DELETE p50 / p99 (n={n})",
+         f"{fmt.ms(lat['service_p50_ms'])} / {fmt.ms(lat['service_p99_ms'])}"],
+        ["(2) latency", f"direct requests DELETE → arrival p50 / p99 (n={n})",
+         f"{fmt.ms(lat['direct_p50_ms'])} / {fmt.ms(lat['direct_p99_ms'])}"],
+        ["(2) latency", "cancel-worker minus direct, p50",
+         fmt.ms(lat["service_p50_ms"] - lat["direct_p50_ms"])],
+    ]  # fmt: skip
+    fin = pipeline["to_final"]
+    rows += [
+        ["(3) to final", "sandbox confirm delay / first poll after",
+         f"{fin['confirm_delay_ms']} ms / {fin['poll_initial_delay_s'] * 1000:.0f} ms"],
+        ["(3) to final", f"one order alone p50 / max (n={fin['single_count']})",
+         f"{fmt.ms(fin['single_p50_ms'])} / {fmt.ms(fin['single_max_ms'])}"],
+        ["(3) to final", f"{fin['burst_count']} at once p50 / p99 / max",
+         f"{fmt.ms(fin['burst_p50_ms'])} / {fmt.ms(fin['burst_p99_ms'])} / "
+         f"{fmt.ms(fin['burst_max_ms'])}"],
+        ["(3) to final", f"{fin['burst_count']} at once: status polls, 429s, window max",
+         f"{fin['status_polls']}, {fin['status_rate_limited']}, "
+         f"{fin['status_strict_window_max']} (limit {fin['status_limit']}/"
+         f"{fin['status_period_ms'] / 1000:g}s)"],
+    ]  # fmt: skip
+    if "producer" in results:
+        rows += throughput.detail_rows(results["producer"])
+    rows.append(
+        ["(4) producer", "MEMORY USAGE of a final (CANCELLED) record key, mean",
+         f"{fin['final_record_bytes']:.0f} B"]
+    )  # fmt: skip
+    fp = pipeline["footprint"]
+    for queue, threads in WORKER_THREADS:
+        idle, loaded = fp["idle_kb"][queue] / KIB_PER_MIB, fp["loaded_kb"][queue] / KIB_PER_MIB
+        rows.append(
+            ["(5) footprint", f"{queue} worker RSS (-c {threads}), idle / after load",
+             f"{idle:.1f} MiB / {loaded:.1f} MiB"]
+        )  # fmt: skip
+    return rows
+
+
+def _tables(pipeline: Figures, results: Results) -> list[Table]:
+    return [(DETAIL_HEADERS, _detail_rows(pipeline, results))]
+
+
+def _section(pipeline: Figures, results: Results) -> list[str]:
+    """(2)-(5): one table of issue 7's smaller figures, the producer's (benchmark 4) among them."""
+    return [
+        "## (2)-(5) Latency, time to final, producer, footprint",
+        "",
+        fmt.md_table(DETAIL_HEADERS, _detail_rows(pipeline, results)),
+        "",
+    ]
+
+
+def _plot(ax: Axes, pipeline: Figures) -> None:
+    """(3): the burst's status polls per window against the status limit."""
+    fin = pipeline["to_final"]
+    window_steps(
+        ax, fin["status_arrivals_ms"], fin["status_period_ms"],
+        label=f"cancel-worker status polls: max {fin['status_strict_window_max']}",
+    )  # fmt: skip
+    ax.axhline(fin["status_limit"], color="black", linestyle="--", label="exchange limit")
+    ax.set_title(
+        f"(3) status GETs in the last {fin['status_period_ms'] / 1000:g} s, "
+        f"{fin['burst_count']} orders awaiting confirmation at once"
+    )
+    ax.set_xlabel("seconds since the request")
+    ax.set_ylim(bottom=0)
+
+
+REPORT = Report(goals=_goals, section=_section, tables=_tables, panels=(_plot,), method=METHOD)

@@ -32,6 +32,7 @@ from typing import Any
 
 import redis
 
+from benchmarks import fmt
 from benchmarks.common import (
     BenchError,
     Processes,
@@ -48,6 +49,16 @@ from benchmarks.common import (
     wait_budgets_idle,
     wait_until,
     wait_workers_ready,
+)
+from benchmarks.report import (
+    DETAIL_HEADERS,
+    Axes,
+    Figures,
+    Goal,
+    Report,
+    Results,
+    Table,
+    window_steps,
 )
 from tests.redis_server import redis_server
 from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
@@ -374,3 +385,363 @@ def _accounts_section(
         "beta_contended_s": beta_s,
         "beta_ratio": beta_s / alone_s,
     }
+
+
+# ---- its part of the report: goals (6a)-(6c), the (6) section and two plots ----------------
+
+# The scheduler's bounds, as tests/test_scheduling.py asserts them:
+JITTER_BUDGET_GOAL = 0.85  # of the allowed rate under 0..150 ms jitter, with 0 429s
+URGENT_GOAL_INTERVALS = 1.0  # an urgent cancel waits at most one slot interval
+BETA_SLACK_INTERVALS = 2  # beta beside two backlogs: at most its time alone + 2 intervals
+METHOD = (
+    "- Scheduler (6): arrival stamps and 429s per API key come from the sandbox's "
+    "`stats()['endpoints']['cancel']['by_key']`; the accepted DELETE time of an order from "
+    "its history. The bench process and the sandbox share one wall clock.",
+)
+
+
+def _goals(sched: Figures, results: Results) -> list[Goal]:
+    """The scheduler's bounds (tests/test_scheduling.py), on benchmark 6's figures."""
+    allowed = sched["limit"] / sched["period_ms"] * 1000
+    interval = sched["slot_interval_ms"]
+    jitter = sched["jitter"]
+    learned = next(v for v in jitter["variants"] if v["key"] == "learned")
+    use = learned["sent_average_ratio"]
+    urgent = sched["urgent"]
+    accounts = sched["accounts"]
+    per_account = accounts["per_account"].values()
+    alone_s = accounts["beta_alone_s"]
+    bound_s = alone_s + BETA_SLACK_INTERVALS * interval / 1000
+    return [
+        Goal(
+            f"(6a) budget use, {jitter['jitter_ms']} ms jitter",
+            f"{use * allowed:.2f} DELETE/s average, {learned['rate_limited']} 429s, "
+            f"window max {learned['strict_window_max']}",
+            f"allowed {allowed:g}/s ({sched['limit']}/{sched['period_ms'] / 1000:g}s)",
+            use,
+            f"≥ {JITTER_BUDGET_GOAL} with 0 429s",
+            use >= JITTER_BUDGET_GOAL
+            and learned["rate_limited"] == 0
+            and learned["strict_window_max"] <= sched["limit"],
+        ),
+        Goal(
+            "(6b) urgent cancel behind a backlog",
+            f"{urgent['urgent_wait_ms']} ms request → DELETE",
+            f"slot interval {interval:g} ms",
+            urgent["urgent_wait_intervals"],
+            f"≤ {URGENT_GOAL_INTERVALS:g}",
+            urgent["urgent_wait_intervals"] <= URGENT_GOAL_INTERVALS,
+        ),
+        Goal(
+            "(6c) account beside two backlogs",
+            f"beta {accounts['beta_contended_s']:.2f} s to final, "
+            f"{sum(a['rate_limited'] for a in per_account)} 429s on any key",
+            f"beta alone {alone_s:.2f} s",
+            accounts["beta_ratio"],
+            f"≤ {bound_s / alone_s:.2f} (alone + {BETA_SLACK_INTERVALS} slot intervals), 0 429s",
+            accounts["beta_contended_s"] <= bound_s
+            and all(a["rate_limited"] == 0 for a in per_account),
+        ),
+    ]
+
+
+JITTER_HEADERS = [
+    "margin",
+    "DELETEs sent",
+    "429s (cancel / status)",
+    "strict-window max",
+    "budget use (average rate)",
+    "÷ anchor",
+    "request → last final",
+    "÷ anchor",
+    "margin at the end",
+    "largest span seen",
+]
+
+
+def _jitter_variants(sched: Figures) -> tuple[Figures, Figures]:
+    """(anchor, learned) variants of the jitter section."""
+    variants = {v["key"]: v for v in sched["jitter"]["variants"]}
+    return variants["fixed"], variants["learned"]
+
+
+def _jitter_rows(sched: Figures) -> list[list[str]]:
+    """(6a): each margin variant, with ratios to the fixed-margin anchor."""
+    anchor, _ = _jitter_variants(sched)
+    rows = []
+    for v in sched["jitter"]["variants"]:
+        margin = fmt.NOT_MEASURED if v["margin_ms"] is None else f"{v['margin_ms']} ms"
+        rows.append(
+            [
+                v["label"],
+                str(v["sends"]),
+                f"{v['rate_limited']} / {v['status_rate_limited']}",
+                f"{v['strict_window_max']} (limit {sched['limit']})",
+                fmt.ratio(v["sent_average_ratio"]),
+                fmt.ratio(v["sent_average_ratio"] / anchor["sent_average_ratio"]),
+                f"{v['drain_s']:.2f} s",
+                fmt.ratio(v["drain_s"] / anchor["drain_s"]),
+                margin,
+                f"{v['largest_span_ms']} ms",
+            ]
+        )
+    return rows
+
+
+URGENT_HEADERS = ["measure", "value"]
+
+
+def _urgent_rows(sched: Figures) -> list[list[str]]:
+    """(6b): the urgent cancel's wait beside the normal one requested with it."""
+    u = sched["urgent"]
+    interval = sched["slot_interval_ms"]
+    return [
+        ["normal backlog; of it at the sandbox when the two were requested",
+         f"{u['backlog']}; {u['sent_before_request']}"],
+        ["urgent cancel: request → DELETE at the sandbox", f"{u['urgent_wait_ms']} ms"],
+        ["normal cancel requested with it (FIFO anchor): request → DELETE",
+         f"{u['normal_wait_ms']} ms"],
+        ["urgent ÷ normal", fmt.ratio(u["urgent_over_normal"])],
+        [f"urgent ÷ slot interval ({interval:g} ms = period ÷ limit)",
+         fmt.ratio(u["urgent_wait_intervals"])],
+        ["backlog cancels the urgent one went ahead of", str(u["overtook"])],
+        ["429s; strict-window max of the whole drain",
+         f"{u['rate_limited']}; {u['strict_window_max']} (limit {sched['limit']})"],
+    ]  # fmt: skip
+
+
+ACCOUNT_HEADERS = [
+    "account",
+    "backlog",
+    "DELETEs sent",
+    "429s",
+    "strict-window max (own key)",
+    "request → last final",
+]
+
+
+def _account_rows(sched: Figures) -> list[list[str]]:
+    """(6c): each account's drain beside the others, then beta alone (the anchor)."""
+    acc = sched["accounts"]
+    rows = [
+        [
+            name,
+            str(a["backlog"]),
+            str(a["sends"]),
+            str(a["rate_limited"]),
+            f"{a['strict_window_max']} (limit {sched['limit']})",
+            f"{a['to_last_final_s']:.2f} s",
+        ]
+        for name, a in acc["per_account"].items()
+    ]
+    beta = acc["backlogs"]["beta"]
+    rows.append(
+        ["beta alone (anchor)", str(beta), str(beta), "", "", f"{acc['beta_alone_s']:.2f} s"]
+    )
+    rows.append(
+        ["beta beside the others ÷ beta alone", "", "", "", "", fmt.ratio(acc["beta_ratio"])]
+    )
+    return rows
+
+
+def _detail_rows(sched: Figures) -> list[list[str]]:
+    """Benchmark 6 as (section, measure, value) rows, for the terminal."""
+    anchor, learned = _jitter_variants(sched)
+    rows: list[list[str]] = []
+    for v in (anchor, learned):
+        rows.append(
+            [
+                "(6a) jitter",
+                v["label"],
+                f"{v['rate_limited']} 429s, window max {v['strict_window_max']}, "
+                f"use {fmt.ratio(v['sent_average_ratio'])}, {v['drain_s']:.2f} s, "
+                f"margin {v['margin_ms']} ms",
+            ]
+        )
+    rows.append(
+        [
+            "(6a) jitter",
+            "learned ÷ fixed: budget use / drain time",
+            f"{fmt.ratio(learned['sent_average_ratio'] / anchor['sent_average_ratio'])} / "
+            f"{fmt.ratio(learned['drain_s'] / anchor['drain_s'])}",
+        ]
+    )
+    rows += [["(6b) urgent", measure, value] for measure, value in _urgent_rows(sched)]
+    acc = sched["accounts"]
+    for name, a in acc["per_account"].items():
+        rows.append(
+            [
+                "(6c) accounts",
+                f"{name}: backlog {a['backlog']}, all three at once",
+                f"{a['sends']} sent, {a['rate_limited']} 429s, window max "
+                f"{a['strict_window_max']}, {a['to_last_final_s']:.2f} s to last final",
+            ]
+        )
+    rows.append(
+        [
+            "(6c) accounts",
+            "beta beside the others ÷ beta alone (anchor)",
+            f"{acc['beta_contended_s']:.2f} s ÷ {acc['beta_alone_s']:.2f} s = "
+            f"{fmt.ratio(acc['beta_ratio'])}",
+        ]
+    )
+    return rows
+
+
+def _section(sched: Figures, results: Results) -> list[str]:
+    """(6a)-(6c): the scheduler under jitter, with urgent work, and with three accounts."""
+    anchor, learned = _jitter_variants(sched)
+    jitter = sched["jitter"]
+    acc = sched["accounts"]
+    limit, period_s = sched["limit"], sched["period_ms"] / 1000
+    return [
+        "## (6) The budget scheduler: jitter, urgent work, accounts",
+        "",
+        f"Each section: {sched['cancel_workers']} `celery -A worker worker -Q cancels` "
+        f"processes (-c {sched['concurrency']}) and 1 for polls, accounts default, alpha "
+        f"and beta (one API key each), sandbox limits {limit}/{period_s:g}s cancels and "
+        f"20/{period_s:g}s status per key, confirm delay {sched['confirm_delay_ms']} ms, "
+        "every other setting at its default. Each figure is beside an anchor measured "
+        "in the same run.",
+        "",
+        f"### (6a) A network that varies: 0..{jitter['jitter_ms']} ms before the exchange",
+        "",
+        f"Every request reaches the sandbox's limiter after a seeded random 0.."
+        f"{jitter['jitter_ms']} ms delay (`latency_jitter_ms`; arrival stamps include "
+        f"it). A backlog of {jitter['backlog']} cancels, drained with the margin the "
+        "scheduler learns from response spans (defaults: floor 50 ms, ceiling 2 s) beside "
+        "the anchor, the old fixed 50 ms margin (`CANCEL_WORKER_RATE_MARGIN_MS=50`, "
+        "`CANCEL_WORKER_RATE_MARGIN_MAX_MS=50`). Each variant: fresh Redis, a fresh sandbox "
+        "with the same seed (the same sequence of delays), its own fleet. Drain = request → "
+        "the last final record. The margin is Redis `cw:net:margin` after the drain (what "
+        "`cancel-worker limits` shows); the span is a request's time from taking its turn "
+        "to the answer.",
+        "",
+        fmt.md_table(JITTER_HEADERS, _jitter_rows(sched)),
+        "",
+        _jitter_verdict(sched, anchor, learned),
+        "",
+        "### (6b) An urgent cancel behind a backlog",
+        "",
+        f"{sched['urgent']['backlog']} normal cancels requested at once; as soon as "
+        f"{limit - 1} of them (limit - 1, the first burst) were under way, one urgent "
+        "cancel and, right after it, one "
+        "normal cancel (the first-come-first-served anchor) were requested. Wait = "
+        "request → the sandbox accepting its DELETE (the order history's "
+        "`CANCELLATION_RAISED` time, same clock).",
+        "",
+        fmt.md_table(URGENT_HEADERS, _urgent_rows(sched)),
+        "",
+        "### (6c) Three accounts at once",
+        "",
+        "Backlogs on default, alpha and beta requested together (beta last, so both other "
+        "backlogs are already in line), each account with its own key and budgets. The "
+        f"anchor: beta's same {acc['backlogs']['beta']} cancels requested with nothing "
+        "else waiting, earlier in the same run. Time = beta's request → its last final "
+        "record; it includes the confirm delay and the first poll "
+        "(`CANCEL_WORKER_POLL_INITIAL_DELAY_S`, 0.5 s).",
+        "",
+        fmt.md_table(ACCOUNT_HEADERS, _account_rows(sched)),
+        "",
+        _beta_note(sched),
+        "",
+    ]
+
+
+def _beta_note(sched: Figures) -> str:
+    """Where beta's extra time beside the other backlogs went, from this run's arrivals."""
+    per_account = sched["accounts"]["per_account"]
+    first_ms = min(per_account["beta"]["arrivals_ms"], default=0)
+    ahead = sum(
+        1
+        for name, a in per_account.items()
+        if name != "beta"
+        for at in a["arrivals_ms"]
+        if at < first_ms
+    )
+    threads = sched["cancel_workers"] * sched["concurrency"]
+    return (
+        f"Beta's own budget was free throughout; its first DELETE reached the sandbox "
+        f"{first_ms} ms after the requests, behind {fmt.count(ahead, 'DELETE')} of default "
+        "and alpha whose turns were handed out a moment earlier. Turns of every account go "
+        f"through the one `cancels` queue to the fleet's {threads} worker threads, first "
+        "in, first out, so an account's first turn waits for the turns released just "
+        "before it (up to a window's worth per other account), and its status reads "
+        "likewise share the `polls` worker."
+    )
+
+
+def _jitter_verdict(sched: Figures, anchor: Figures, learned: Figures) -> str:
+    """What (6a) shows, in words that follow this run's figures."""
+    period_ms, limit = sched["period_ms"], sched["limit"]
+    margin = learned["margin_ms"] or 0
+    text = (
+        f"The learned margin ({margin} ms) is the largest span seen "
+        f"({learned['largest_span_ms']} ms) times 1.2, so a window counts "
+        f"{period_ms + margin} ms instead of {period_ms + (anchor['margin_ms'] or 0)} ms: "
+        "a send's arrival may drift by up to the network's delay and still not put "
+        f"{limit + 1} arrivals in one {period_ms / 1000:g} s window at the exchange. "
+    )
+    if anchor["rate_limited"] or anchor["strict_window_max"] > limit:
+        return text + (
+            f"With the fixed margin the exchange saw up to {anchor['strict_window_max']} "
+            f"in one window and answered 429 to {fmt.count(anchor['rate_limited'], 'DELETE')} "
+            "(a refused DELETE spends an arrival, pauses the budget for a window and goes "
+            f"again); with the learned one, {fmt.count(learned['rate_limited'], '429')} and a "
+            f"window max of {learned['strict_window_max']}."
+        )
+    return text + (
+        "In this run the fixed margin drew no 429 either: the delays never pushed "
+        f"{limit + 1} arrivals into one window. The learned margin's "
+        "cost is the longer window (budget use and drain time ÷ anchor above); its gain "
+        "is the bound, which holds whatever the delays do."
+    )
+
+
+def _plot_jitter(ax: Axes, sched: Figures) -> None:
+    """(6a): each margin's DELETEs per window at the sandbox against the limit."""
+    period = sched["period_ms"]
+    jitter = sched["jitter"]
+    for v in jitter["variants"]:
+        window_steps(
+            ax, v["arrivals_ms"], period,
+            label=f"{v['label']}: max {v['strict_window_max']}, {v['rate_limited']} 429s",
+            linewidth=2.0 if v["key"] == "learned" else 1.2,
+        )  # fmt: skip
+    ax.axhline(sched["limit"], color="black", linestyle="--", label="exchange limit")
+    ax.set_title(
+        f"(6a) DELETEs in the last {period / 1000:g} s at the sandbox, 0..{jitter['jitter_ms']} "
+        f"ms network jitter, backlog of {jitter['backlog']}"
+    )
+    ax.set_xlabel("seconds since the request")
+    ax.set_ylim(bottom=0)
+
+
+def _plot_accounts(ax: Axes, sched: Figures) -> None:
+    """(6c): each account's DELETEs per window against its own key's limit."""
+    period = sched["period_ms"]
+    for name, a in sched["accounts"]["per_account"].items():
+        window_steps(
+            ax, a["arrivals_ms"], period,
+            label=f"{name} (backlog {a['backlog']}): max {a['strict_window_max']}, "
+            f"{a['rate_limited']} 429s",
+        )  # fmt: skip
+    ax.axhline(sched["limit"], color="black", linestyle="--", label="exchange limit, per key")
+    ax.set_title(f"(6c) DELETEs per API key in the last {period / 1000:g} s, three accounts")
+    ax.set_xlabel("seconds since the requests")
+    ax.set_ylim(bottom=0)
+
+
+def _tables(sched: Figures, results: Results) -> list[Table]:
+    return [(DETAIL_HEADERS, _detail_rows(sched))]
+
+
+REPORT = Report(
+    goals=_goals,
+    section=_section,
+    tables=_tables,
+    panels=(_plot_jitter, _plot_accounts),
+    goals_note="(6a)-(6c) are the budget scheduler's bounds as tests/test_scheduling.py "
+    "asserts them",
+    method=METHOD,
+)

@@ -9,6 +9,9 @@ no broker message is sent and every order waits in the line, as in a backlog. Me
 waiting order is the INFO `used_memory` delta over N requested orders on a dedicated, fresh
 redis-server; of it, the line and the sweeper's watch set are their
 keys' `MEMORY USAGE` ÷ N, and the rest is the record (with its QUEUED event and counters).
+
+Its part of the report (`REPORT`, at the end) has goals (4); its rows go in the pipeline
+benchmark's (2)-(5) table, or in a section of their own when that benchmark has no figures.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 
 import redis
 
+from benchmarks import fmt
 from benchmarks.common import BenchError, apply_env, say, service_env
+from benchmarks.report import DETAIL_HEADERS, Figures, Goal, Report, Results, Table
 from tests.redis_server import redis_server
 from worker.sandbox import generate_keypair
 
@@ -119,3 +124,89 @@ def _used_memory(client: redis.Redis) -> int:
     """INFO used_memory, after a pause that lets Redis finish rehashing grown tables."""
     time.sleep(MEMORY_SETTLE_S)
     return int(client.info("memory")["used_memory"])
+
+
+# ---- its part of the report: goals (4); its rows join the pipeline benchmark's table -------
+
+BATCH_GOAL_PER_S = 2000.0
+RECORD_GOAL_BYTES = 2048  # 2 KiB per waiting order, and per final record
+METHOD = (
+    "- Producer: one process, no worker running, fresh Redis. A request is one Redis "
+    "round trip: one Lua call that writes each order's record with its QUEUED event and "
+    "state count, its sweeper watch (`cw:due`) and its entry in the account's line "
+    "(`cw:room:<account>:cancel:ready`); no broker message is sent, so the `cancels` "
+    "queue stays empty (checked). Memory per waiting order: INFO `used_memory` before "
+    "and after requesting N orders in batches of 500, ÷ N; of it, the line and the watch "
+    "set are their keys' `MEMORY USAGE` ÷ N, and the rest is the record. A final record "
+    "grows with its order snapshot and history: `MEMORY USAGE` of the 30 burst records.",
+)
+
+
+def _goals(producer: Figures, results: Results) -> list[Goal]:
+    """(4): batch throughput, and Redis memory per order (the pipeline's final records too)."""
+    rate = producer["batch_per_s"]
+    per_record = producer["waiting_order_bytes"]
+    final_bytes = results.get("pipeline", {}).get("to_final", {}).get("final_record_bytes")
+    measured = f"{per_record:.0f} B per waiting order"
+    if final_bytes is not None:
+        per_record = max(per_record, final_bytes)
+        measured += f", {final_bytes:.0f} B per final record"
+    return [
+        Goal(
+            "(4) producer batch throughput",
+            f"{rate:,.0f} req/s",
+            f"{BATCH_GOAL_PER_S:,.0f} req/s",
+            rate / BATCH_GOAL_PER_S,
+            "≥ 1",
+            rate >= BATCH_GOAL_PER_S,
+        ),
+        Goal(
+            "(4) Redis memory per order",
+            measured,
+            f"{RECORD_GOAL_BYTES} B",
+            per_record / RECORD_GOAL_BYTES,
+            "≤ 1",
+            per_record <= RECORD_GOAL_BYTES,
+        ),
+    ]
+
+
+def detail_rows(p: Figures) -> list[list[str]]:
+    """(4) as (benchmark, measure, value): in the pipeline benchmark's table when it ran."""
+    return [
+        ["(4) producer", f"request_cancel, single calls (n={p['single_count']})",
+         f"{p['single_per_s']:,.0f} req/s"],
+        ["(4) producer", f"request_cancels, {p['batch_count']} batches of {p['batch_size']}",
+         f"{p['batch_per_s']:,.0f} req/s"],
+        ["(4) producer", f"Redis per waiting order, all of it (n={p['memory_items']})",
+         f"{p['waiting_order_bytes']:.0f} B"],
+        ["(4) producer", "  of which its entry in the line (MEMORY USAGE of the line ÷ n)",
+         f"{p['line_entry_bytes']:.0f} B"],
+        ["(4) producer", "  of which the sweeper's watch (MEMORY USAGE of cw:due ÷ n)",
+         f"{p['watch_entry_bytes']:.0f} B"],
+        ["(4) producer", "  of which the QUEUED record (key + event + counters)",
+         f"{p['record_bytes']:.0f} B"],
+        ["(4) producer", "MEMORY USAGE of one QUEUED record key",
+         f"{p['record_key_bytes']} B"],
+    ]  # fmt: skip
+
+
+def _tables(producer: Figures, results: Results) -> list[Table]:
+    if "pipeline" in results:
+        return []  # the pipeline benchmark's table has these rows
+    return [(DETAIL_HEADERS, detail_rows(producer))]
+
+
+def _section(producer: Figures, results: Results) -> list[str]:
+    """(4) on its own, only when the pipeline benchmark (whose section has it) has no figures."""
+    if "pipeline" in results:
+        return []
+    return [
+        "## (4) Producer throughput and memory",
+        "",
+        fmt.md_table(DETAIL_HEADERS, detail_rows(producer)),
+        "",
+    ]
+
+
+REPORT = Report(goals=_goals, section=_section, tables=_tables, method=METHOD)
