@@ -149,19 +149,57 @@ def test_unreachable_redis_is_a_clear_error() -> None:
         ("metrics", "--port", "0"),
     ],
 )
-@pytest.mark.parametrize("redis_url", ["dead", "nonsense"])
-def test_every_command_fails_cleanly_without_redis(args: tuple[str, ...], redis_url: str) -> None:
-    """Redis unreachable, or a REDIS_URL that is not one: one line naming the problem, exit
-    4, no traceback."""
+def test_every_command_fails_cleanly_without_redis(args: tuple[str, ...]) -> None:
+    """Redis unreachable: one line naming where, exit 4, no traceback."""
     from tests.redis_server import free_port
 
-    url = f"redis://127.0.0.1:{free_port()}/0" if redis_url == "dead" else "nonsense"
-    result = cli(*args, env={"REDIS_URL": url})
+    result = cli(*args, env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     assert result.returncode == 4, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    expected = "Redis unavailable at" if redis_url == "dead" else "REDIS_URL: 'nonsense'"
-    assert lines[0].startswith("cancel-worker: error: ") and expected in lines[0]
+    assert lines[0].startswith("cancel-worker: error: ") and "Redis unavailable at" in lines[0]
+
+
+#: Malformed REDIS_URLs (ports never listened on) → the part the error must quote.
+BAD_REDIS_URLS = {
+    "nonsense": "'nonsense' is not a Redis URL",
+    "redis://127.0.0.1:notaport/0": "port 'notaport' is not a number",
+    "redis://127.0.0.1:99999/0": "port '99999' is not a number",
+    "redis://127.0.0.1:1/abc": "database 'abc' (the path) is not a number",
+    "redis://127.0.0.1:1/0?db=two": "database 'two' (db=) is not a number",
+    "http://127.0.0.1:1/0": "scheme 'http' is not one of redis://",
+    "sentinel://127.0.0.1:1;sentinel://127.0.0.1:x/0": "port 'x' is not a number",
+    "sentinel://127.0.0.1:1/abc": "database 'abc' (the path) is not a number",
+}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("cancel", str(uuid.UUID(int=1, version=4))),
+        ("cancel-all", "--symbol", "BTCUSDT"),
+        ("status", str(uuid.UUID(int=1, version=4))),
+        ("limits", "--json"),
+        ("metrics", "--port", "0"),
+        ("worker",),
+        ("run", "--data-dir", "/nonexistent/cw-never-created"),
+        ("deadman", "arm", "strat-1", "--timeout", "5", "--symbol", "BTCUSDT"),
+        ("deadman", "beat", "strat-1"),
+        ("deadman", "disarm", "strat-1"),
+        ("deadman", "status", "--json"),
+    ],
+    ids=lambda args: "-".join(args[:2]),
+)
+@pytest.mark.parametrize("url", list(BAD_REDIS_URLS))
+def test_every_command_refuses_a_malformed_redis_url(args: tuple[str, ...], url: str) -> None:
+    """A REDIS_URL with a bad port, database or scheme stops every command that uses Redis
+    with exit 4 and one line naming REDIS_URL and the bad part, before it connects."""
+    result = cli(*args, env={"REDIS_URL": url})
+    assert result.returncode == 4, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("cancel-worker: error: REDIS_URL: "), lines[0]
+    assert BAD_REDIS_URLS[url] in lines[0], lines[0]
 
 
 def test_status_of_an_unknown_order_is_a_json_line(redis_url: str) -> None:

@@ -700,7 +700,9 @@ def _metrics(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from worker.log import configure_logging
+    from worker.settings import Settings
 
+    Settings.from_env()  # a bad variable stops `run` naming it, before anything starts
     configure_logging()
     options = stack.RunOptions(
         sentinel=args.sentinel,
