@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +124,54 @@ def test_status_json_prints_the_contract_record(workers: Path, exchange: Sandbox
     assert record["order"]["order_id"] == order_id
 
 
+def json_lines(stdout: str) -> list[dict[str, Any]]:
+    """stdout as JSON Lines: every line one JSON object (fails on anything else)."""
+    lines = stdout.splitlines()
+    assert lines, "no output"
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_every_json_output_is_pure_json(
+    workers: Path, exchange: SandboxHandle, log_format: str
+) -> None:
+    """With --json, stdout holds only what the README promises, whatever the log format and
+    level (logs go to stderr): JSON Lines from cancel, cancel-all, status and deadman
+    status; one JSON document from limits, deadman arm and deadman disarm."""
+    env = {"CANCEL_WORKER_LOG_FORMAT": log_format, "CANCEL_WORKER_LOG_LEVEL": "INFO"}
+    name = f"json-{log_format}-{uuid.uuid4().hex[:8]}"
+
+    def run(*args: str) -> str:
+        result = cli(*args, "--json", env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    first, second = place(exchange), place(exchange)
+    queued = json_lines(run("cancel", first))
+    assert [r["order_id"] for r in queued] == [first]
+    waited = json_lines(run("cancel", second, "--wait", "--timeout", "30"))
+    assert waited[-1] == {"summary": {"CANCELLED": 1}}
+    place_orders(exchange.admin, 2, symbol="ETHUSDT")
+    batch_lines = json_lines(run("cancel-all", "--symbol", "ETHUSDT", "--wait", "--timeout", "30"))
+    batch_id = batch_lines[0]["batch_id"]
+    assert set(batch_lines[-1]["summary"]) <= {"CANCELLED", "EXECUTED", "PARTIALLY_EXECUTED"}
+    shown = json_lines(run("status", first, second, batch_id))
+    assert {r.get("order_id") or r.get("batch_id") for r in shown} == {first, second, batch_id}
+
+    armed = cli("deadman", "arm", name, "--timeout", "60", "--symbol", "ETHUSDT", "--json", env=env)
+    try:
+        assert armed.returncode == 0, armed.stderr
+        assert json.loads(armed.stdout)["name"] == name
+        assert "deadman.armed" in armed.stderr  # the log line, on stderr
+        assert [s["name"] for s in json_lines(run("deadman", "status", name))] == [name]
+    finally:
+        disarmed = run("deadman", "disarm", name)
+    assert json.loads(disarmed)["state"] == "DISARMED"
+
+    limits = json.loads(run("limits"))
+    assert set(limits) == {"budgets", "margin", "queues", "watched_by_sweeper"}
+
+
 def test_bad_input_is_refused_with_exit_2(redis_url: str) -> None:
     """A bad id exits 2 with a message naming it, and nothing is enqueued."""
     result = cli("cancel", str(uuid.uuid4()), "definitely-not-an-id")
@@ -231,7 +280,7 @@ def test_read_only_commands_need_no_keys(workers: Path) -> None:
 
     limits = run("limits", "--json")
     assert limits.returncode == 0, limits.stderr
-    accounts = {json.loads(line).get("account") for line in limits.stdout.splitlines()}
+    accounts = {row["account"] for row in json.loads(limits.stdout)["budgets"]}
     assert {"default", "alpha", "beta"} <= accounts
     assert run("status", str(uuid.uuid4())).returncode == 1  # no record: a clean answer
 
@@ -247,16 +296,17 @@ def test_limits_shows_budgets_per_account_and_queues(workers: Path) -> None:
     """`limits --json` reports each account's budgets, the margin and each queue's backlog."""
     result = cli("limits", "--json")
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
-    budgets = {(row["account"], row["bucket"]): row for row in rows if "bucket" in row}
+    report = json.loads(result.stdout)  # one document
+    budgets = {(row["account"], row["bucket"]): row for row in report["budgets"]}
     assert {account for account, _ in budgets} >= {"default", "alpha", "beta"}
     cancel = budgets[("default", "cancel")]
     assert cancel["limit"] == 10 and cancel["period_s"] == 2
     assert budgets[("alpha", "status")]["limit"] == 20
     assert budgets[("beta", "cancel_all")]["limit"] == 10  # the documented default
-    margin = next(row for row in rows if "margin_ms" in row)
-    assert margin["margin_floor_ms"] <= margin["margin_ms"] <= margin["margin_ceiling_ms"]
-    assert {row["queue"] for row in rows if "queue" in row} == {"cancels", "polls"}
+    margin = report["margin"]
+    assert margin["floor_ms"] <= margin["ms"] <= margin["ceiling_ms"]
+    assert set(report["queues"]) == {"cancels", "polls"}
+    assert isinstance(report["watched_by_sweeper"], int)
 
 
 @pytest.mark.parametrize("command", ["cancel", "status", "limits", "worker", "metrics", "run"])

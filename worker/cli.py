@@ -50,6 +50,11 @@ EXIT_TIMEOUT = 3
 EXIT_UNAVAILABLE = 4
 EXIT_TRIPPED = 5
 
+#: Commands that do one job for a person or a script (not the long-running services, which
+#: configure logging themselves): they log to stderr, warnings and errors only unless
+#: CANCEL_WORKER_LOG_LEVEL says otherwise, since what they print says what happened.
+SHORT_COMMANDS = frozenset({"cancel", "cancel-all", "status", "limits", "deadman"})
+CLI_LOG_LEVEL = "WARNING"
 DEFAULT_WAIT_TIMEOUT_S = 120.0
 WAIT_POLL_INTERVAL_S = 0.1  # how often --wait re-reads the records (one MGET each time)
 
@@ -119,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --wait, give up after S seconds (exit 3)",
     )
-    cancel.add_argument("--json", action="store_true", help="print one JSON object per line")
+    cancel.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON Lines: a record per order; with --wait, each change, progress, the summary",
+    )
     cancel.set_defaults(func=_cancel)
 
     cancel_all = commands.add_parser(
@@ -168,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --wait, give up after S seconds (exit 3)",
     )
-    cancel_all.add_argument("--json", action="store_true", help="print one JSON object per line")
+    cancel_all.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON Lines: the batch record; with --wait, each change, progress, the summary",
+    )
     cancel_all.set_defaults(func=_cancel_all)
 
     status = commands.add_parser(
@@ -185,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="exchange order id (UUID), or a cancel-all's batch id (batch-<uuid>)",
     )
-    status.add_argument("--json", action="store_true", help="print one JSON object per line")
+    status.add_argument("--json", action="store_true", help="JSON Lines: one record per ID")
     status.set_defaults(func=_status)
 
     limits = commands.add_parser(
@@ -198,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_exit_codes(EXIT_OK, EXIT_UNAVAILABLE),
         formatter_class=_Formatter,
     )
-    limits.add_argument("--json", action="store_true", help="print one JSON object per line")
+    limits.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON document: {"budgets": [...], "margin": {...}, "queues": {...}, '
+        '"watched_by_sweeper": N}',
+    )
     limits.set_defaults(func=_limits)
 
     worker = commands.add_parser(
@@ -370,13 +388,19 @@ def _add_deadman(commands: Any) -> None:
         formatter_class=_Formatter,
     )
     status.add_argument("name", nargs="?", metavar="NAME", help="one switch (default: all)")
-    status.add_argument("--json", action="store_true", help="print one JSON object per line")
+    status.add_argument("--json", action="store_true", help="JSON Lines: one switch per line")
     status.set_defaults(func=_deadman_status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if args.command in SHORT_COMMANDS:
+        # Logs go to stderr, so stdout holds only the command's output (pure JSON with
+        # --json); structlog unconfigured would print them on stdout.
+        from worker.log import configure_logging
+
+        configure_logging(os.environ.get("CANCEL_WORKER_LOG_LEVEL") or CLI_LOG_LEVEL)
     try:
         code: int = args.func(args)
     except InvalidRequest as exc:
@@ -520,50 +544,46 @@ def _limits(args: argparse.Namespace) -> int:
 
     services = get_services()
     observer = services.observer()
-    rows: list[dict[str, Any]] = []
+    budgets: list[dict[str, Any]] = []
     for account in sorted(observer.accounts):
         for bucket in Bucket:
-            usage = observer.usage(account, bucket)
-            row = {**usage.__dict__, "bucket": bucket.value}
-            row.pop("margin_ms")
-            rows.append(row)
-    rows.append(
-        {
-            "margin_ms": observer.margin_ms(),
-            "margin_floor_ms": services.settings.rate_margin_ms,
-            "margin_ceiling_ms": services.settings.rate_margin_max_ms,
-        }
-    )
-    for queue in (CANCEL_QUEUE, POLL_QUEUE):
-        rows.append({"queue": queue, "waiting": int(services.redis.llen(queue))})
-    rows.append({"watched_by_sweeper": services.store.count_due()})
+            row = {**observer.usage(account, bucket).__dict__, "bucket": bucket.value}
+            row.pop("margin_ms")  # the same for every budget: in "margin"
+            budgets.append(row)
+    margin = {
+        "ms": observer.margin_ms(),
+        "floor_ms": services.settings.rate_margin_ms,
+        "ceiling_ms": services.settings.rate_margin_max_ms,
+    }
+    queues = {queue: int(services.redis.llen(queue)) for queue in (CANCEL_QUEUE, POLL_QUEUE)}
+    watched = services.store.count_due()
+    report = {"budgets": budgets, "margin": margin, "queues": queues, "watched_by_sweeper": watched}
     if not observer.accounts:
         print("no accounts registered yet: start a worker (cancel-worker worker)", file=sys.stderr)
-    for row in rows:
-        if args.json:
-            print(json.dumps(row))
-        elif "bucket" in row:
-            line = (
-                f"{row['account']:<10} {row['bucket']:<13} {row['used_in_window']}/{row['limit']} "
-                f"per {row['period_s']:g}s  in line {row['waiting']}"
-            )
-            if row["waiting_urgent"]:
-                line += f" ({row['waiting_urgent']} urgent)"
-            if row["waiting"]:
-                line += f", drains in ~{duration(row['drain_s'])}"
-            if row["counting_down"]:
-                line += f"  counting down {row['counting_down']}"
-            line += f"  paused {row['paused_ms']} ms  sent {row['sent']}"
-            line += f"  429s {row['rate_limited']}"
-            print(line)
-        elif "margin_ms" in row:
-            print(
-                f"margin     {row['margin_ms']} ms added to every window (learned from "
-                f"response times; floor {row['margin_floor_ms']}, ceiling "
-                f"{row['margin_ceiling_ms']})"
-            )
-        else:
-            print("  ".join(f"{k} {v}" for k, v in row.items()))
+    if args.json:
+        print(json.dumps(report), flush=True)
+        return EXIT_OK
+    for row in budgets:
+        line = (
+            f"{row['account']:<10} {row['bucket']:<13} {row['used_in_window']}/{row['limit']} "
+            f"per {row['period_s']:g}s  in line {row['waiting']}"
+        )
+        if row["waiting_urgent"]:
+            line += f" ({row['waiting_urgent']} urgent)"
+        if row["waiting"]:
+            line += f", drains in ~{duration(row['drain_s'])}"
+        if row["counting_down"]:
+            line += f"  counting down {row['counting_down']}"
+        line += f"  paused {row['paused_ms']} ms  sent {row['sent']}"
+        line += f"  429s {row['rate_limited']}"
+        print(line)
+    print(
+        f"margin     {margin['ms']} ms added to every window (learned from response times; "
+        f"floor {margin['floor_ms']}, ceiling {margin['ceiling_ms']})"
+    )
+    for queue, waiting in queues.items():
+        print(f"queue {queue}  waiting {waiting}")
+    print(f"watched_by_sweeper {watched}", flush=True)
     return EXIT_OK
 
 
