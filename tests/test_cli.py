@@ -259,6 +259,41 @@ def test_status_of_an_unknown_order_is_a_json_line(redis_url: str) -> None:
     assert json.loads(result.stdout) == {"order_id": order_id, "state": None}
 
 
+#: Enough ids that `status` prints more than a pipe holds (64 KiB on Linux): it is still
+#: writing when the reader goes, as with `| head -1` on a long list.
+MANY_IDS = 2000
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_reader_that_stops_early_ends_status_quietly(redis_url: str, as_json: bool) -> None:
+    """`status ID... | head -1`: once the reader closes the pipe, status exits 141 (128 +
+    SIGPIPE, as `yes | head -1` does) with nothing on stderr, not a BrokenPipeError
+    traceback."""
+    order_ids = [str(uuid.uuid4()) for _ in range(MANY_IDS)]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "status",
+            *order_ids,
+            *(["--json"] if as_json else []),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **SERVICE_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    assert proc.wait(timeout=CLI_TIMEOUT_S) == 141, proc.stderr.read()
+    stderr = proc.stderr.read()
+    assert stderr == "", stderr
+    assert order_ids[0] in first
+
+
 def test_status_of_a_bad_id_says_nothing_about_enqueueing() -> None:
     """A bad id given to `status` exits 2 naming it; nothing was going to be enqueued."""
     result = cli("status", "not-a-uuid")

@@ -2,7 +2,8 @@
 
 Exit codes, the same for every command: 0 ok; 1 an order ended FAILED or has no record (or
 a process the command runs failed); 2 bad input, nothing written; 3 `--wait` timed out;
-4 Redis unreachable or configuration error. Every failure is one line on stderr.
+4 Redis unreachable or configuration error; 5 a dead man's switch tripped; 141 stdout
+closed by its reader. Every failure is one line on stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -49,6 +51,8 @@ EXIT_BAD_INPUT = 2
 EXIT_TIMEOUT = 3
 EXIT_UNAVAILABLE = 4
 EXIT_TRIPPED = 5
+#: stdout was closed by its reader: 128 + SIGPIPE, what a shell shows for `yes | head -1`.
+EXIT_STDOUT_CLOSED = 128 + int(signal.SIGPIPE)
 
 #: Commands that do one job for a person or a script (not the long-running services, which
 #: configure logging themselves): they log to stderr, warnings and errors only unless
@@ -393,7 +397,24 @@ def _add_deadman(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code.
+
+    A reader that stops early (`| head -1`) ends the command quietly with EXIT_STDOUT_CLOSED,
+    as the Python docs advise for BrokenPipeError (SIGPIPE stays ignored, so a closed socket
+    never kills a process silently).
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where EPIPE prints a warning
+    except BrokenPipeError:
+        # Whatever is still buffered goes nowhere, so the final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in SHORT_COMMANDS:
         # Logs go to stderr, so stdout holds only the command's output (pure JSON with
@@ -624,8 +645,6 @@ def _deadman_arm(args: argparse.Namespace) -> int:
 
 
 def _deadman_beat(args: argparse.Namespace) -> int:
-    import signal
-
     from worker.deadman import deadman_status, heartbeat
 
     timeout_ms = heartbeat(args.name)
@@ -694,8 +713,6 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    import signal
-
     from prometheus_client import REGISTRY, start_http_server
 
     from worker.log import configure_logging
