@@ -269,11 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the whole stack on this machine (Redis, sandbox, workers, Flower, metrics)",
-        description="Use REDIS_URL if it answers, else start redis-server on its port with "
-        "data in --data-dir; without COINSWITCH_API_KEY/SECRET_KEY start the sandbox "
-        "exchange (and say so); start the workers, Flower and the metrics endpoint. Ports "
-        "already in use are refused before anything starts. Ctrl-C stops the workers, "
-        "Flower and metrics first, then the sandbox and the Redis it started.",
+        description="Use REDIS_URL if it answers (and say so, and whether that Redis keeps "
+        "its data), else start redis-server on its port with data in --data-dir; without "
+        "COINSWITCH_API_KEY/SECRET_KEY start the sandbox exchange (and say so); start the "
+        "workers, Flower and the metrics endpoint, their output going to "
+        f"DATA_DIR/{stack.RUN_LOG}. Ports already in use are refused before anything starts. "
+        "Ctrl-C stops the workers, Flower and metrics first, then the sandbox and the Redis "
+        "it started.",
         epilog=_exit_codes(EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, failed="a process died"),
         formatter_class=_Formatter,
     )
@@ -287,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=Path(stack.DEFAULT_DATA_DIR),
-        help="where the embedded Redis keeps its AOF data",
+        help=f"where the embedded Redis keeps its AOF data, and {stack.RUN_LOG}",
     )
     run.add_argument(
         "--sandbox-port",
@@ -317,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=stack.DEFAULT_POLL_CONCURRENCY,
         metavar="N",
         help="threads reading statuses",
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"show what the workers, Flower, metrics, the sandbox and Redis print here, "
+        f"instead of in DATA_DIR/{stack.RUN_LOG}",
     )
     run.set_defaults(func=_run)
 
@@ -749,6 +757,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         cancel_concurrency=args.cancel_concurrency,
         poll_concurrency=args.poll_concurrency,
+        verbose=args.verbose,
     )
     return stack.run_stack(options)
 
