@@ -117,6 +117,15 @@ def test_wellformed_redis_urls_are_kept(url: str) -> None:
     assert Settings.from_env({"REDIS_URL": url}).redis_url == url
 
 
+def test_empty_variables_mean_their_defaults() -> None:
+    """A variable set but empty (as `NAME=` in a .env file) takes its default: an empty
+    namespace would put every key outside `cw:`."""
+    settings = Settings.from_env(
+        {"CANCEL_WORKER_NAMESPACE": "", "CANCEL_WORKER_RATE_MARGIN_MS": ""}
+    )
+    assert settings.namespace == "cw" and settings.rate_margin_ms == 50
+
+
 def test_bad_secret_is_never_echoed() -> None:
     """A malformed secret key is reported without its value."""
     secret = "s3cr3t-value-that-must-not-leak"

@@ -455,15 +455,69 @@ def test_compose_file_is_production_shaped() -> None:
     for name, service in services.items():
         environment = service.get("environment") or {}
         for key, value in environment.items():
-            if "KEY" in key or "AUTH" in key or "SECRET" in key:
-                assert str(value).startswith("${"), f"{name}.{key} is baked in"
+            if "KEY" in key or "AUTH" in key or "SECRET" in key or "PASSWORD" in key:
+                # Passed through by name (no value), or interpolated: never written here.
+                assert value is None or str(value).startswith("${"), f"{name}.{key} is baked in"
         if name != "worker":  # only the processes that sign get a secret
             assert not [key for key in environment if "SECRET" in key], name
         command = service.get("command", [])
         assert all(isinstance(part, str) for part in command), name
     assert "COINSWITCH_SECRET_KEY" in services["worker"]["environment"]
-    assert "--allow-remote" in services["sandbox"]["command"]  # it must bind 0.0.0.0 there
+    assert "--allow-remote" in " ".join(services["sandbox"]["command"])  # binds 0.0.0.0 there
     shlex.split(" ".join(services["worker"]["command"]))
+
+
+def configuration_variables() -> set[str]:
+    """Every variable named in the first column of the README's configuration table."""
+    table = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    return {name for cell in cells for name in re.findall(r"`([A-Z][A-Z0-9_<>]*)`", cell)}
+
+
+def test_compose_passes_every_documented_setting_to_the_services_that_read_it() -> None:
+    """Every variable of the README's configuration table reaches the worker service (named
+    accounts' templated ones through its optional accounts.env); Flower and metrics get every
+    setting but the accounts, keys and budgets, which only workers read."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    documented = configuration_variables()
+    templated = {name for name in documented if "<" in name}
+    assert templated and "COINSWITCH_CLOSED_ORDERS_RATE_LIMIT" in documented  # table parsed
+    worker = services["worker"]
+    missing = documented - templated - {"FLOWER_BASIC_AUTH"} - set(worker["environment"])
+    assert not missing, f"documented but not passed to the worker: {sorted(missing)}"
+    assert {"path": "accounts.env", "required": False} in worker["env_file"]  # <NAME> ones
+    account_settings = {n for n in documented if n.startswith("COINSWITCH_")}
+    for name in ("flower", "metrics"):
+        environment = set(services[name]["environment"])
+        missing = documented - templated - account_settings - {"FLOWER_BASIC_AUTH"} - environment
+        assert not missing, f"{name} lacks {sorted(missing)}"
+        assert not environment & account_settings, name  # the accounts would need keys
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    for service in (worker, services["flower"], services["metrics"]):
+        for key, value in service["environment"].items():
+            # Passed through by name, or interpolated from the same name: unset stays unset.
+            assert value is None or str(value).startswith("${" + key), (key, value)
+
+
+#: `${NAME:?...}` or `${NAME?...}` not escaped as `$${`: a variable Compose requires.
+REQUIRED_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*):?\?")
+
+
+def test_compose_requires_only_what_every_command_needs() -> None:
+    """Compose interpolates the whole file whatever the profiles, so no `${VAR:?}` may sit in
+    a profile's service (the sandbox's key is checked by its own shell at start); only
+    FLOWER_BASIC_AUTH, for the always-on Flower, is required."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert set(REQUIRED_VARIABLE.findall("\n".join(lines))) == {"FLOWER_BASIC_AUTH"}
+    services = yaml.safe_load(text)["services"]
+    for name, service in services.items():
+        if service.get("profiles"):
+            assert not REQUIRED_VARIABLE.search(json.dumps(service)), name
+    sandbox = " ".join(services["sandbox"]["command"])
+    assert '"$${COINSWITCH_API_KEY:?' in sandbox and '--api-key "$$COINSWITCH_API_KEY"' in sandbox
+    assert "COINSWITCH_API_KEY" in services["sandbox"]["environment"]
 
 
 def test_compose_sentinel_profile_watches_the_primary() -> None:

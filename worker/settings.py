@@ -182,7 +182,7 @@ class Settings:
             base_url=base_url,
             accounts=accounts_from_env(env, rates),
             rates=rates,
-            namespace=env.get("CANCEL_WORKER_NAMESPACE", DEFAULT_NAMESPACE),
+            namespace=env.get("CANCEL_WORKER_NAMESPACE") or DEFAULT_NAMESPACE,
             **tuning,
         )
         if settings.rate_margin_max_ms < settings.rate_margin_ms:

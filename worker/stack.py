@@ -555,7 +555,7 @@ def run_stack(options: RunOptions) -> int:
         metrics_url = f"http://127.0.0.1:{options.metrics_port}/metrics"
         wait(lambda: _http_ok(f"{flower_url}/healthcheck"), "Flower")
         wait(lambda: _http_ok(metrics_url), "metrics")
-        namespace = env.get("CANCEL_WORKER_NAMESPACE", DEFAULT_NAMESPACE)
+        namespace = env.get("CANCEL_WORKER_NAMESPACE") or DEFAULT_NAMESPACE
         queues = (CANCEL_QUEUE, POLL_QUEUE)
         wait(lambda: workers_ready(redis_url, namespace, queues, workers_since_ms), "the workers")
         lines += [
