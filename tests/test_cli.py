@@ -110,7 +110,7 @@ def test_cancel_wait_exits_nonzero_on_failed(workers: Path, exchange: SandboxHan
 
 
 def test_status_json_prints_the_contract_record(workers: Path, exchange: SandboxHandle) -> None:
-    """`status ID --json` prints one JSON record with every field of DESIGN.md §2."""
+    """`status ID --json` prints one JSON record with every field the README documents."""
     order_id = place(exchange)
     assert cli("cancel", order_id, "--wait", "--timeout", "30").returncode == 0
     result = cli("status", order_id, "--json")

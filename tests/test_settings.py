@@ -33,7 +33,7 @@ def test_parse_rate_rejects_and_names_bad_text(text: str) -> None:
 
 
 def test_defaults_are_the_documented_contract() -> None:
-    """With an empty environment, the defaults of DESIGN.md §2 and API.md §7 apply."""
+    """With an empty environment, the README's defaults (the exchange's documented limits) apply."""
     settings = Settings.from_env({})
     assert settings.redis_url == "redis://localhost:6379/0"
     assert settings.base_url == "https://coinswitch.co"

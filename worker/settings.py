@@ -1,8 +1,8 @@
 """Configuration, read from the environment once into a frozen object.
 
-Names in the public contract (DESIGN.md §2) keep their names; our own tuning knobs use the
-`CANCEL_WORKER_` prefix. A bad value raises ConfigError naming the variable, at start-up.
-Accounts and their budgets are parsed by worker.accounts.
+Names in the public contract (the README's configuration table) keep their names; our own
+tuning knobs use the `CANCEL_WORKER_` prefix. A bad value raises ConfigError naming the
+variable, at start-up. Accounts and their budgets are parsed by worker.accounts.
 """
 
 from __future__ import annotations
