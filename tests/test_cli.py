@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
@@ -351,6 +352,36 @@ def test_every_command_has_help_with_exit_codes(command: str) -> None:
     assert result.returncode == 0
     assert "usage: cancel-worker" in result.stdout
     assert "exit codes:" in result.stdout and "  4  Redis unreachable" in result.stdout
+
+
+def every_parser() -> list[tuple[str, argparse.ArgumentParser]]:
+    """The top-level parser and every sub-command's, each with its command line."""
+    from worker.cli import build_parser
+
+    found, pending = [], [("cancel-worker", build_parser())]
+    while pending:
+        name, parser = pending.pop()
+        found.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+    return found
+
+
+def test_no_help_text_shows_a_second_or_an_empty_default() -> None:
+    """No option of any command says "(default:" twice (its own words, then argparse's) or
+    shows a default that is no value: None, False, []."""
+    parsers = every_parser()
+    assert len(parsers) >= 12  # every command and the deadman actions
+    for name, parser in parsers:
+        text = " ".join(parser.format_help().split())
+        for empty in ("(default: None)", "(default: False)", "(default: [])"):
+            assert empty not in text, (name, empty)
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.help:
+                said = formatter._expand_help(action)
+                assert said.count("(default:") <= 1, (name, said)
 
 
 def test_sandbox_has_help() -> None:

@@ -108,3 +108,41 @@ def test_exchange_citations_name_sections_that_exist() -> None:
     assert len(cited) >= 10  # the citations are found
     unknown = sorted(c for c in cited if c[1] not in sections)
     assert not unknown, unknown
+
+
+def test_every_served_metric_is_in_the_readme() -> None:
+    """Each metric family `cancel-worker metrics` serves is named in the README's Metrics
+    list (in full, or as `_suffix` after a sibling), counters with their `_total`."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from worker.metrics import FleetCollector
+    from worker.services import get_services
+
+    metrics = README.split("- **Metrics**", 1)[1].split("\n- **", 1)[0]
+    names = {
+        family.name + ("_total" if isinstance(family, CounterMetricFamily) else "")
+        for family in FleetCollector(get_services()).collect()
+    }
+    assert {"cancel_worker_orders", "cancel_worker_deadman_switches"} <= names  # Redis answered
+    missing = {
+        name
+        for name in names
+        if f"`{name}" not in metrics and f"`{name.removeprefix('cancel_worker')}" not in metrics
+    }
+    assert not missing, sorted(missing)
+
+
+def test_every_status_json_field_is_in_the_readme() -> None:
+    """`status --json` prints a record's public fields and `waiting`: each is named in the
+    README's paragraph about it."""
+    from worker.models import CancelRecord, OrderState
+
+    paragraph = README.split("`cancel-worker status ID --json` prints the record:", 1)[1]
+    paragraph = paragraph.split("\n\n", 1)[0]
+    record = CancelRecord(
+        "0193688e-5212-7493-be58-4f83644772e8", "EXCHANGE_2", OrderState.QUEUED, 0, 0
+    )
+    fields = {*record.public(), "waiting"}
+    assert "batch_id" in fields
+    missing = {name for name in fields if f"`{name}`" not in paragraph}
+    assert not missing, sorted(missing)

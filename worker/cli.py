@@ -80,7 +80,19 @@ def _exit_codes(*codes: int, failed: str | None = None) -> str:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown for every option; the epilog (exit codes) kept as written."""
+    """Defaults shown for every option that has one; the epilog (exit codes) kept as written.
+
+    No default is added to a help text that already says its own ("(default: every
+    symbol)"), nor for a flag or an option with no value by default: argparse would print
+    "(default: None)", "(default: False)" or "(default: [])".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "(default:" in text or default is None or default is False or default == []:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     _add_deadman(commands)
-    sandbox_cli.add_parser(commands)
+    sandbox_cli.add_parser(commands, _Formatter)
     return parser
 
 
