@@ -25,8 +25,8 @@ import yaml
 
 from tests.conftest import SERVICE_ENV
 from tests.redis_server import free_port, free_ports, redis_server
-from tests.support import ROOT, wait_for
-from worker.sandbox import SandboxHandle
+from tests.support import ROOT, place_orders, wait_for
+from worker.sandbox import AdminClient, SandboxHandle
 from worker.stack import redis_persistence
 
 pytestmark = pytest.mark.integration
@@ -152,6 +152,21 @@ def demo_cancel(output: str, redis_url: str) -> subprocess.CompletedProcess[str]
     )
 
 
+def cli(redis_url: str, *args: str) -> str:
+    """Run `cancel-worker ARGS` from a shell that has only REDIS_URL; return its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("COINSWITCH_")}
+        | {"REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def stack_processes(redis_url: str) -> dict[int, tuple[str, dict[str, str]]]:
     """pid → (command line, environment) of every process started with this REDIS_URL."""
     found = {}
@@ -226,6 +241,28 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
     assert 'cancel_worker_orders{state="CANCELLED"} 1.0' in metrics
     assert 'cancel_worker_requests_total{account="default",bucket="cancel"} 1.0' in metrics
     assert "cancel_worker_time_to_final_seconds_count 1.0" in metrics
+
+    # A cancel-all's orders, settled through the order lists, have no task of their own:
+    # `status ID` names their batch, and Flower's search by it finds the cancel-all task.
+    admin = AdminClient(f"http://127.0.0.1:{ports['sandbox']}")
+    place_orders(admin, 2, symbol="ETHUSDT")
+    batch_id = json.loads(cli(redis_url, "cancel-all", "--symbol", "ETHUSDT", "--json"))["batch_id"]
+    wait_for(
+        lambda: json.loads(cli(redis_url, "status", batch_id, "--json"))["state"] == "DONE",
+        30,
+        "the cancel-all to be done",
+    )
+    orders = json.loads(cli(redis_url, "status", batch_id, "--json"))["orders_ids"]
+    assert len(orders) == 2
+    assert f"  batch={batch_id}" in cli(redis_url, "status", orders[0])
+
+    def found_by_batch() -> list[dict[str, Any]]:
+        found = requests.get(f"{flower}/api/tasks", params={"search": batch_id}, timeout=5)
+        return [t for t in found.json().values() if t.get("name") == "cancel_worker.cancel_all"]
+
+    cancel_all_task = wait_for(found_by_batch, 20, "Flower's search to find the cancel-all")[0]
+    assert cancel_all_task["uuid"].startswith(f"cancel_all-{batch_id}-")
+    assert batch_id in cancel_all_task["kwargs"]
 
     signalled_at = len(output.text), len(errors.text)
     children = started_pids(errors)
