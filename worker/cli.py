@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--verbose",
         action="store_true",
-        help=f"show what the workers, Flower, metrics, the sandbox and Redis print here, "
+        help="show what the workers, Flower, metrics, the sandbox and Redis print here, "
         f"instead of in DATA_DIR/{stack.RUN_LOG}",
     )
     run.set_defaults(func=_run)

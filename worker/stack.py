@@ -467,8 +467,10 @@ def run_stack(options: RunOptions) -> int:
     supervisor = Supervisor(log_path=log_path)
     lines: list[str] = []
 
-    def start(name: str, args: Sequence[str], child_env: Mapping[str, str] | None = None,
-              **how: bool) -> None:  # fmt: skip
+    def start(
+        name: str, args: Sequence[str], child_env: Mapping[str, str] | None = None, **how: bool
+    ) -> None:
+        """Start a child whose output goes where run's option says."""
         supervisor.start(name, args, child_env, output=output, **how)
 
     def wait(check: Callable[[], bool], what: str) -> None:
