@@ -63,7 +63,7 @@ from tests.support import place_orders
 from worker.rates import parse_rate
 from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
 
-# The exchange's documented limits (API.md §7), per API key.
+# The exchange's documented limits, per API key (docs/exchange.md, Rate limits).
 REAL_CANCEL_RATE = "10/60s"
 REAL_STATUS_RATE = "20/60s"
 REAL_CANCEL_ALL_RATE = "10/60s"

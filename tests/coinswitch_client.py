@@ -1,4 +1,5 @@
-"""A minimal CoinSwitch PRO futures client written only from API.md, for testing the sandbox.
+"""A minimal CoinSwitch PRO futures client, written only from docs/exchange.md, to test the
+sandbox.
 
 Deliberately independent of `worker/`: if the sandbox and the worker shared a signing bug,
 tests through this client would still catch it. Every knob that a test may want to get

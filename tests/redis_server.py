@@ -76,7 +76,14 @@ def _bindable(port: int) -> bool:
 class RedisServer:
     """One redis-server process that can be stopped and started again on the same data."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, appendonly: bool = False):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -87,6 +94,7 @@ class RedisServer:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = extra_args  # e.g. ("--save", "900 1"): later options win
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -101,6 +109,7 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
@@ -141,10 +150,14 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(*, appendonly: bool = False, port: int | None = None) -> Iterator[str]:
+def redis_server(
+    *, appendonly: bool = False, port: int | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[str]:
     """Run redis-server from PATH on a free port in a temp dir; yield its URL; stop it after."""
     with tempfile.TemporaryDirectory(prefix="cw-redis-") as data_dir:
-        server = RedisServer(Path(data_dir), port=port, appendonly=appendonly)
+        server = RedisServer(
+            Path(data_dir), port=port, appendonly=appendonly, extra_args=extra_args
+        )
         try:
             server.start()
             yield server.url

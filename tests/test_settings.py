@@ -33,7 +33,7 @@ def test_parse_rate_rejects_and_names_bad_text(text: str) -> None:
 
 
 def test_defaults_are_the_documented_contract() -> None:
-    """With an empty environment, the defaults of DESIGN.md §2 and API.md §7 apply."""
+    """With an empty environment, the README's defaults (the exchange's documented limits) apply."""
     settings = Settings.from_env({})
     assert settings.redis_url == "redis://localhost:6379/0"
     assert settings.base_url == "https://coinswitch.co"
@@ -64,6 +64,66 @@ def test_bad_variable_is_named(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable) as info:
         Settings.from_env({variable: value})
     assert info.value.variable == variable
+
+
+@pytest.mark.parametrize(
+    ("url", "bad_part"),
+    [
+        ("redis://localhost:notaport/0", "port 'notaport' is not a number from 1 to 65535"),
+        ("redis://localhost:99999/0", "port '99999' is not a number from 1 to 65535"),
+        ("redis://localhost:0/0", "port '0' is not a number from 1 to 65535"),
+        ("redis://localhost:6379/abc", "database 'abc' (the path) is not a number"),
+        ("rediss://localhost:6379/0?db=x", "database 'x' (db=) is not a number"),
+        ("unix:///run/redis.sock?db=x", "database 'x' (db=) is not a number"),
+        ("redis://localhost/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+        ("http://localhost:6379/0", "scheme 'http' is not one of redis://, rediss://"),
+        ("localhost:6379", "scheme 'localhost' is not one of"),
+        ("nonsense", "it has no scheme"),
+        ("redis://a:6379/0;redis://b:6379/0", "only sentinel:// URLs may"),
+        ("sentinel://a:26379;sentinel://b:x/0", "'sentinel://b:x/0': port 'x'"),
+        ("sentinel://a:99999/0", "port '99999' is not a number"),
+        ("sentinel://a:26379/abc", "database 'abc' (the path) is not a number"),
+        ("sentinel://a:26379;redis://b:6379/0", "only sentinel:// URLs may"),
+    ],
+)
+def test_malformed_redis_url_is_named(url: str, bad_part: str) -> None:
+    """A REDIS_URL redis-py would misread (a path that is not a database becomes db 0) or
+    fail on later (a bad port) raises ConfigError naming REDIS_URL and the bad part."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"REDIS_URL": url})
+    assert info.value.variable == "REDIS_URL"
+    assert bad_part in str(info.value)
+
+
+def test_redis_url_password_is_never_echoed() -> None:
+    """A malformed REDIS_URL is quoted with its password masked."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"REDIS_URL": "redis://:hunter2@localhost:99999/0"})
+    assert "hunter2" not in str(info.value) and ":***@" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "redis://:p%40ss@10.0.0.1/3",
+        "rediss://user:pw@[::1]:6380/0?ssl_cert_reqs=none",
+        "unix:///run/redis.sock?db=2",
+        "sentinel://:pw@a:26379;sentinel://b:26379;sentinel://c/1",
+    ],
+)
+def test_wellformed_redis_urls_are_kept(url: str) -> None:
+    """Every documented REDIS_URL form is accepted as given."""
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+
+
+def test_empty_variables_mean_their_defaults() -> None:
+    """A variable set but empty (as `NAME=` in a .env file) takes its default: an empty
+    namespace would put every key outside `cw:`."""
+    settings = Settings.from_env(
+        {"CANCEL_WORKER_NAMESPACE": "", "CANCEL_WORKER_RATE_MARGIN_MS": ""}
+    )
+    assert settings.namespace == "cw" and settings.rate_margin_ms == 50
 
 
 def test_bad_secret_is_never_echoed() -> None:

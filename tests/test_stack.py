@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import redis
@@ -24,9 +24,10 @@ import requests
 import yaml
 
 from tests.conftest import SERVICE_ENV
-from tests.redis_server import free_port, free_ports
-from tests.support import ROOT, wait_for
-from worker.sandbox import SandboxHandle
+from tests.redis_server import free_port, free_ports, redis_server
+from tests.support import ROOT, place_orders, wait_for
+from worker.sandbox import AdminClient, SandboxHandle
+from worker.stack import redis_persistence
 
 pytestmark = pytest.mark.integration
 
@@ -42,39 +43,43 @@ def path_env(env: dict[str, str]) -> dict[str, str]:
 
 
 class Output:
-    """Collects a child's merged output in a thread, so waits never block on a pipe."""
+    """Collects one of a child's streams in a thread, so waits never block on a pipe."""
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    def __init__(self, stream: IO[str] | None) -> None:
+        assert stream is not None
         self.text = ""
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
         self._thread.start()
 
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
             with self._lock:
                 self.text += line
 
+    def events(self) -> list[dict[str, Any]]:
+        """The structlog JSON lines among the text."""
+        return [json.loads(line) for line in self.text.splitlines() if line.startswith("{")]
 
-def processes_in_group(pgid: int) -> list[int]:
-    """Pids of live (non-zombie) processes whose process group is `pgid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry.name))
-    return found
+
+def started_pids(errors: Output) -> list[int]:
+    """Pids of the children `run` says it started."""
+    return [e["pid"] for e in errors.events() if e.get("event") == "stack.started"]
+
+
+def alive(pid: int) -> bool:
+    """Whether a process (not a zombie) with this pid exists."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @contextlib.contextmanager
 def running(redis_url: str, *extra: str) -> Iterator[dict[str, Any]]:
-    """`cancel-worker run` with no keys set, until the stack says it is running."""
+    """`cancel-worker run` with no keys set, until the stack says it is running; yields its
+    stdout ("output"), stderr ("errors") and data dir."""
     ports = {name: free_port() for name in ("sandbox", "flower", "metrics")}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COINSWITCH_", "CANCEL_"))}
     env["REDIS_URL"] = redis_url
@@ -90,23 +95,35 @@ def running(redis_url: str, *extra: str) -> Iterator[dict[str, Any]]:
             cwd=ROOT,
             env=path_env(env),
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
         )  # fmt: skip
-        output = Output(proc)
+        output, errors = Output(proc.stdout), Output(proc.stderr)
         try:
             wait_for(
-                lambda: "cancel-worker is running" in output.text or proc.poll() is not None,
+                lambda: "Ctrl-C stops everything." in output.text or proc.poll() is not None,
                 RUN_START_TIMEOUT_S,
                 "the stack to come up",
             )
-            assert proc.poll() is None, output.text[-3000:]
-            yield {"proc": proc, "output": output, "env": env, "ports": ports}
+            assert proc.poll() is None, (output.text + errors.text)[-3000:]
+            yield {
+                "proc": proc,
+                "output": output,
+                "errors": errors,
+                "env": env,
+                "ports": ports,
+                "data_dir": Path(data_dir),
+            }
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)  # its children get SIGTERM (PDEATHSIG)
                 proc.wait(timeout=10)
+                with contextlib.suppress(TimeoutError):
+                    wait_for(lambda: not stack_processes(redis_url), 20, "the children to exit")
+                for pid in stack_processes(redis_url):  # only processes given this REDIS_URL
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -135,6 +152,21 @@ def demo_cancel(output: str, redis_url: str) -> subprocess.CompletedProcess[str]
     )
 
 
+def cli(redis_url: str, *args: str) -> str:
+    """Run `cancel-worker ARGS` from a shell that has only REDIS_URL; return its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("COINSWITCH_")}
+        | {"REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def stack_processes(redis_url: str) -> dict[int, tuple[str, dict[str, str]]]:
     """pid → (command line, environment) of every process started with this REDIS_URL."""
     found = {}
@@ -152,15 +184,30 @@ def stack_processes(redis_url: str) -> dict[int, tuple[str, dict[str, str]]]:
     return found
 
 
+#: What the children print that must not reach run's terminal: Celery's banner, its root
+#: warning and shutdown lines, Flower's failed inspections.
+CHILD_NOISE = ("[config]", "[queues]", "SecurityWarning", "Warm shutdown", "Inspect method")
+
+
 def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) -> None:
     """`run` with no Redis and no keys: embedded Redis and sandbox, a demo order cancels with
     the printed command, Flower lists the task, metrics count it, only the workers hold the
-    secret, and Ctrl-C stops the workers and tools before the sandbox and Redis, leaving no
-    process behind."""
-    proc, output, ports = stack["proc"], stack["output"], stack["ports"]
+    secret; the terminal shows run's own lines with the banner last, the children's output
+    goes to DATA_DIR/run.log; Ctrl-C gives each child one SIGTERM (one warm shutdown per
+    worker, no traceback) and stops the workers and tools before the sandbox and Redis,
+    leaving no process behind."""
+    proc, output, errors, ports = stack["proc"], stack["output"], stack["errors"], stack["ports"]
     redis_url = stack["env"]["REDIS_URL"]
-    assert "(embedded, data in" in output.text
+    run_log = stack["data_dir"] / "run.log"
+    assert "(embedded, AOF data in" in output.text
     assert "SANDBOX" in output.text and "nothing reaches CoinSwitch" in output.text
+    assert output.text.rstrip().endswith("Ctrl-C stops everything."), output.text[-1000:]
+    assert f"Logs        {run_log}: " in output.text
+    # The terminal holds run's own lines only: its banner and its own log events.
+    assert all(line.startswith("{") for line in errors.text.splitlines()), errors.text[-2000:]
+    assert {event["logger"] for event in errors.events()} == {"worker.stack"}
+    for noise in CHILD_NOISE:
+        assert noise not in output.text + errors.text, noise
     # The demo command carries the REDIS_URL another shell needs (no key is needed).
     order_id = re.findall(r"cancel ([0-9a-f-]{36}) --wait", output.text)[0]
 
@@ -195,19 +242,47 @@ def test_run_brings_up_a_working_stack_and_stops_clean(stack: dict[str, Any]) ->
     assert 'cancel_worker_requests_total{account="default",bucket="cancel"} 1.0' in metrics
     assert "cancel_worker_time_to_final_seconds_count 1.0" in metrics
 
-    signalled_at = len(output.text)
+    # A cancel-all's orders, settled through the order lists, have no task of their own:
+    # `status ID` names their batch, and Flower's search by it finds the cancel-all task.
+    admin = AdminClient(f"http://127.0.0.1:{ports['sandbox']}")
+    place_orders(admin, 2, symbol="ETHUSDT")
+    batch_id = json.loads(cli(redis_url, "cancel-all", "--symbol", "ETHUSDT", "--json"))["batch_id"]
+    wait_for(
+        lambda: json.loads(cli(redis_url, "status", batch_id, "--json"))["state"] == "DONE",
+        30,
+        "the cancel-all to be done",
+    )
+    orders = json.loads(cli(redis_url, "status", batch_id, "--json"))["orders_ids"]
+    assert len(orders) == 2
+    assert f"  batch={batch_id}" in cli(redis_url, "status", orders[0])
+
+    def found_by_batch() -> list[dict[str, Any]]:
+        found = requests.get(f"{flower}/api/tasks", params={"search": batch_id}, timeout=5)
+        return [
+            t for t in found.json().values() if t.get("name") == "cancel_worker.cancel_all_turn"
+        ]
+
+    cancel_all_task = wait_for(found_by_batch, 20, "Flower's search to find the cancel-all")[0]
+    assert cancel_all_task["uuid"].startswith(f"cancel_all-{batch_id}-")
+    assert batch_id in cancel_all_task["kwargs"]
+
+    signalled_at = len(output.text), len(errors.text)
+    children = started_pids(errors)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    assert proc.wait(timeout=40) == 0, output.text[-3000:]
-    wait_for(lambda: not processes_in_group(proc.pid), 10, "every child to exit")
+    assert proc.wait(timeout=40) == 0, errors.text[-3000:]
+    wait_for(lambda: not any(alive(pid) for pid in children), 10, "every child to exit")
     wait_for(lambda: not stack_processes(redis_url), 10, "Redis and the sandbox to exit")
-    shutdown = output.text[signalled_at:]
-    stopped = [
-        json.loads(line)["child"]
-        for line in shutdown.splitlines()
-        if line.startswith("{") and '"stack.child_stopped"' in line
-    ]
+    shutdown = output.text[signalled_at[0] :] + errors.text[signalled_at[1] :]
+    stopped = [e["child"] for e in errors.events() if e["event"] == "stack.child_stopped"]
     assert set(stopped[-2:]) == {"redis", "sandbox"}, stopped  # the infrastructure goes last
     assert "CRITICAL" not in shutdown and "Traceback" not in shutdown, shutdown[-3000:]
+    children_output = run_log.read_text()
+    assert "[queues]" in children_output  # Celery's banner went to the log
+    # One stop signal each: the terminal's SIGINT no longer reaches the children as well as
+    # the supervisor's SIGTERM (two made Flower exit with a traceback from its atexit).
+    assert children_output.count("Warm shutdown") == 2, children_output[-3000:]
+    assert "Hitting Ctrl+C again" not in children_output
+    assert "Traceback" not in children_output, children_output[-3000:]
 
 
 def port_is_free(port: int) -> bool:
@@ -228,10 +303,49 @@ def test_run_sentinel_serves_through_a_primary_a_replica_and_three_sentinels() -
         result = demo_cancel(output.text, sentinel_url)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines()[-1] == "summary: 1 CANCELLED"
+        children = started_pids(started["errors"])
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=40) == 0, output.text[-3000:]
-        wait_for(lambda: not processes_in_group(proc.pid), 10, "every child to exit")
+        assert proc.wait(timeout=40) == 0, started["errors"].text[-3000:]
+        wait_for(lambda: not any(alive(pid) for pid in children), 10, "every child to exit")
         assert all(port_is_free(base + i) for i in range(5))
+
+
+@pytest.mark.parametrize(
+    ("appendonly", "extra_args", "warning"),
+    [
+        (True, (), None),
+        (False, ("--save", "900 1"), "persistence: RDB snapshots only (save 900 1), no AOF"),
+        (False, (), "NO persistence (appendonly no, no RDB saves)"),
+        (False, ("--rename-command", "CONFIG", ""), "persistence unknown: it refused CONFIG"),
+        (True, ("--rename-command", "CONFIG", ""), None),  # INFO still shows AOF on
+    ],
+    ids=["aof", "rdb-only", "none", "config-refused", "config-refused-aof"],
+)
+def test_a_running_redis_is_told_by_what_it_keeps(
+    appendonly: bool, extra_args: tuple[str, ...], warning: str | None
+) -> None:
+    """What `run` says of a Redis it reuses: nothing with AOF on; RDB-only or no persistence
+    named; unknown when CONFIG is refused (as managed services do) and INFO shows no AOF."""
+    with redis_server(appendonly=appendonly, extra_args=extra_args) as url:
+        said = redis_persistence(url)
+    if warning is None:
+        assert said is None
+    else:
+        assert said is not None and said.startswith(warning), said
+
+
+def test_run_says_it_reuses_a_redis_that_keeps_nothing() -> None:
+    """`run` against a Redis already answering at REDIS_URL (AOF off, no RDB saves) says it
+    reuses it and warns that it has no persistence, in the banner; Ctrl-C leaves it running."""
+    with redis_server() as url, running(url) as started:
+        proc, output = started["proc"], started["output"]
+        assert f"Redis       {url}: REUSED, a Redis already answering there" in output.text
+        assert "WARNING: NO persistence (appendonly no, no RDB saves)" in output.text
+        assert "embedded" not in output.text
+        assert output.text.rstrip().endswith("Ctrl-C stops everything.")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=40) == 0, started["errors"].text[-3000:]
+        assert redis.Redis.from_url(url).ping()  # not ours to stop
 
 
 def test_a_second_run_is_refused_before_it_starts_anything(stack: dict[str, Any]) -> None:
@@ -380,15 +494,69 @@ def test_compose_file_is_production_shaped() -> None:
     for name, service in services.items():
         environment = service.get("environment") or {}
         for key, value in environment.items():
-            if "KEY" in key or "AUTH" in key or "SECRET" in key:
-                assert str(value).startswith("${"), f"{name}.{key} is baked in"
+            if "KEY" in key or "AUTH" in key or "SECRET" in key or "PASSWORD" in key:
+                # Passed through by name (no value), or interpolated: never written here.
+                assert value is None or str(value).startswith("${"), f"{name}.{key} is baked in"
         if name != "worker":  # only the processes that sign get a secret
             assert not [key for key in environment if "SECRET" in key], name
         command = service.get("command", [])
         assert all(isinstance(part, str) for part in command), name
     assert "COINSWITCH_SECRET_KEY" in services["worker"]["environment"]
-    assert "--allow-remote" in services["sandbox"]["command"]  # it must bind 0.0.0.0 there
+    assert "--allow-remote" in " ".join(services["sandbox"]["command"])  # binds 0.0.0.0 there
     shlex.split(" ".join(services["worker"]["command"]))
+
+
+def configuration_variables() -> set[str]:
+    """Every variable named in the first column of the README's configuration table."""
+    table = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    return {name for cell in cells for name in re.findall(r"`([A-Z][A-Z0-9_<>]*)`", cell)}
+
+
+def test_compose_passes_every_documented_setting_to_the_services_that_read_it() -> None:
+    """Every variable of the README's configuration table reaches the worker service (named
+    accounts' templated ones through its optional accounts.env); Flower and metrics get every
+    setting but the accounts, keys and budgets, which only workers read."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    documented = configuration_variables()
+    templated = {name for name in documented if "<" in name}
+    assert templated and "COINSWITCH_CLOSED_ORDERS_RATE_LIMIT" in documented  # table parsed
+    worker = services["worker"]
+    missing = documented - templated - {"FLOWER_BASIC_AUTH"} - set(worker["environment"])
+    assert not missing, f"documented but not passed to the worker: {sorted(missing)}"
+    assert {"path": "accounts.env", "required": False} in worker["env_file"]  # <NAME> ones
+    account_settings = {n for n in documented if n.startswith("COINSWITCH_")}
+    for name in ("flower", "metrics"):
+        environment = set(services[name]["environment"])
+        missing = documented - templated - account_settings - {"FLOWER_BASIC_AUTH"} - environment
+        assert not missing, f"{name} lacks {sorted(missing)}"
+        assert not environment & account_settings, name  # the accounts would need keys
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    for service in (worker, services["flower"], services["metrics"]):
+        for key, value in service["environment"].items():
+            # Passed through by name, or interpolated from the same name: unset stays unset.
+            assert value is None or str(value).startswith("${" + key), (key, value)
+
+
+#: `${NAME:?...}` or `${NAME?...}` not escaped as `$${`: a variable Compose requires.
+REQUIRED_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*):?\?")
+
+
+def test_compose_requires_only_what_every_command_needs() -> None:
+    """Compose interpolates the whole file whatever the profiles, so no `${VAR:?}` may sit in
+    a profile's service (the sandbox's key is checked by its own shell at start); only
+    FLOWER_BASIC_AUTH, for the always-on Flower, is required."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert set(REQUIRED_VARIABLE.findall("\n".join(lines))) == {"FLOWER_BASIC_AUTH"}
+    services = yaml.safe_load(text)["services"]
+    for name, service in services.items():
+        if service.get("profiles"):
+            assert not REQUIRED_VARIABLE.search(json.dumps(service)), name
+    sandbox = " ".join(services["sandbox"]["command"])
+    assert '"$${COINSWITCH_API_KEY:?' in sandbox and '--api-key "$$COINSWITCH_API_KEY"' in sandbox
+    assert "COINSWITCH_API_KEY" in services["sandbox"]["environment"]
 
 
 def test_compose_sentinel_profile_watches_the_primary() -> None:

@@ -21,7 +21,7 @@ from worker.keys import Keys, key_fingerprint
 from worker.models import DEFAULT_ACCOUNT, Bucket
 from worker.rates import Rate, parse_rate
 
-#: The exchange's documented budgets (API.md §7), per API key.
+#: The exchange's documented budgets, per API key (docs/exchange.md, Rate limits).
 DOCUMENTED_RATES: Mapping[Bucket, str] = {
     Bucket.CANCEL: "10/60s",
     Bucket.STATUS: "20/60s",

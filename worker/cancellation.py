@@ -2,7 +2,8 @@
 
 Pure functions: a record and an answer in, the record to store and the line to join next
 out; no Redis, no clock but the `now_ms` given. worker.turns applies a decision in one write
-(worker.records). Exchange facts behind them: docs/exchange.md (answers, statuses).
+(worker.records). The exchange facts behind them: docs/exchange.md, "What each answer means
+here" and "Statuses".
 
 After a DELETE (the record is marked "DELETE under way", one more attempt):
 

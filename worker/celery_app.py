@@ -1,4 +1,4 @@
-"""The Celery app and its configuration (DESIGN.md §5: JSON only, late acks, short holds).
+"""The Celery app and its configuration: JSON only, late acks, short holds.
 
 Task names and queues are part of the public contract: non-Python producers `send_task`
 them by name with plain JSON arguments. Budgets are not Celery's `rate_limit` (a bucket per

@@ -2,7 +2,8 @@
 
 Exit codes, the same for every command: 0 ok; 1 an order ended FAILED or has no record (or
 a process the command runs failed); 2 bad input, nothing written; 3 `--wait` timed out;
-4 Redis unreachable or configuration error. Every failure is one line on stderr.
+4 Redis unreachable or configuration error; 5 a dead man's switch tripped; 141 stdout
+closed by its reader. Every failure is one line on stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -50,7 +52,14 @@ EXIT_BAD_INPUT = 2
 EXIT_TIMEOUT = 3
 EXIT_UNAVAILABLE = 4
 EXIT_TRIPPED = 5
+#: stdout was closed by its reader: 128 + SIGPIPE, what a shell shows for `yes | head -1`.
+EXIT_STDOUT_CLOSED = 128 + int(signal.SIGPIPE)
 
+#: Commands that do one job for a person or a script (not the long-running services, which
+#: configure logging themselves): they log to stderr, warnings and errors only unless
+#: CANCEL_WORKER_LOG_LEVEL says otherwise, since what they print says what happened.
+SHORT_COMMANDS = frozenset({"cancel", "cancel-all", "status", "limits", "deadman"})
+CLI_LOG_LEVEL = "WARNING"
 DEFAULT_WAIT_TIMEOUT_S = 120.0
 WAIT_POLL_INTERVAL_S = 0.1  # how often --wait re-reads the records (one MGET each time)
 
@@ -72,7 +81,19 @@ def _exit_codes(*codes: int, failed: str | None = None) -> str:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown for every option; the epilog (exit codes) kept as written."""
+    """Defaults shown for every option that has one; the epilog (exit codes) kept as written.
+
+    No default is added to a help text that already says its own ("(default: every
+    symbol)"), nor for a flag or an option with no value by default: argparse would print
+    "(default: None)", "(default: False)" or "(default: [])".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "(default:" in text or default is None or default is False or default == []:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --wait, give up after S seconds (exit 3)",
     )
-    cancel.add_argument("--json", action="store_true", help="print one JSON object per line")
+    cancel.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON Lines: a record per order; with --wait, each change, progress, the summary",
+    )
     cancel.set_defaults(func=_cancel)
 
     cancel_all = commands.add_parser(
@@ -169,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --wait, give up after S seconds (exit 3)",
     )
-    cancel_all.add_argument("--json", action="store_true", help="print one JSON object per line")
+    cancel_all.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON Lines: the batch record; with --wait, each change, progress, the summary",
+    )
     cancel_all.set_defaults(func=_cancel_all)
 
     status = commands.add_parser(
@@ -186,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="exchange order id (UUID), or a cancel-all's batch id (batch-<uuid>)",
     )
-    status.add_argument("--json", action="store_true", help="print one JSON object per line")
+    status.add_argument("--json", action="store_true", help="JSON Lines: one record per ID")
     status.set_defaults(func=_status)
 
     limits = commands.add_parser(
@@ -199,7 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_exit_codes(EXIT_OK, EXIT_UNAVAILABLE),
         formatter_class=_Formatter,
     )
-    limits.add_argument("--json", action="store_true", help="print one JSON object per line")
+    limits.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON document: {"budgets": [...], "margin": {...}, "queues": {...}, '
+        '"watched_by_sweeper": N}',
+    )
     limits.set_defaults(func=_limits)
 
     worker = commands.add_parser(
@@ -248,11 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the whole stack on this machine (Redis, sandbox, workers, Flower, metrics)",
-        description="Use REDIS_URL if it answers, else start redis-server on its port with "
-        "data in --data-dir; without COINSWITCH_API_KEY/SECRET_KEY start the sandbox "
-        "exchange (and say so); start the workers, Flower and the metrics endpoint. Ports "
-        "already in use are refused before anything starts. Ctrl-C stops the workers, "
-        "Flower and metrics first, then the sandbox and the Redis it started.",
+        description="Use REDIS_URL if it answers (and say so, and whether that Redis keeps "
+        "its data), else start redis-server on its port with data in --data-dir; without "
+        "COINSWITCH_API_KEY/SECRET_KEY start the sandbox exchange (and say so); start the "
+        "workers, Flower and the metrics endpoint, their output going to "
+        f"DATA_DIR/{stack.RUN_LOG}. Ports already in use are refused before anything starts. "
+        "Ctrl-C stops the workers, Flower and metrics first, then the sandbox and the Redis "
+        "it started.",
         epilog=_exit_codes(EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, failed="a process died"),
         formatter_class=_Formatter,
     )
@@ -266,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=Path(stack.DEFAULT_DATA_DIR),
-        help="where the embedded Redis keeps its AOF data",
+        help=f"where the embedded Redis keeps its AOF data, and {stack.RUN_LOG}",
     )
     run.add_argument(
         "--sandbox-port",
@@ -297,10 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="threads reading statuses",
     )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show what the workers, Flower, metrics, the sandbox and Redis print here, "
+        f"instead of in DATA_DIR/{stack.RUN_LOG}",
+    )
     run.set_defaults(func=_run)
 
     _add_deadman(commands)
-    sandbox_cli.add_parser(commands)
+    sandbox_cli.add_parser(commands, _Formatter)
     return parser
 
 
@@ -371,13 +413,36 @@ def _add_deadman(commands: Any) -> None:
         formatter_class=_Formatter,
     )
     status.add_argument("name", nargs="?", metavar="NAME", help="one switch (default: all)")
-    status.add_argument("--json", action="store_true", help="print one JSON object per line")
+    status.add_argument("--json", action="store_true", help="JSON Lines: one switch per line")
     status.set_defaults(func=_deadman_status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code.
+
+    A reader that stops early (`| head -1`) ends the command quietly with EXIT_STDOUT_CLOSED,
+    as the Python docs advise for BrokenPipeError (SIGPIPE stays ignored, so a closed socket
+    never kills a process silently).
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where EPIPE prints a warning
+    except BrokenPipeError:
+        # Whatever is still buffered goes nowhere, so the final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in SHORT_COMMANDS:
+        # Logs go to stderr, so stdout holds only the command's output (pure JSON with
+        # --json); structlog unconfigured would print them on stdout.
+        from worker.log import configure_logging
+
+        configure_logging(os.environ.get("CANCEL_WORKER_LOG_LEVEL") or CLI_LOG_LEVEL)
     try:
         code: int = args.func(args)
     except InvalidRequest as exc:
@@ -522,50 +587,46 @@ def _limits(args: argparse.Namespace) -> int:
     services = get_services()
     observer = services.observer()
     estimates = Estimates(observer)
-    rows: list[dict[str, Any]] = []
+    budgets: list[dict[str, Any]] = []
     for account in sorted(observer.accounts):
         for bucket in Bucket:
-            usage = estimates.usage(account, bucket)
-            row = {**usage.__dict__, "bucket": bucket.value}
-            row.pop("margin_ms")
-            rows.append(row)
-    rows.append(
-        {
-            "margin_ms": observer.margin_ms(),
-            "margin_floor_ms": services.settings.rate_margin_ms,
-            "margin_ceiling_ms": services.settings.rate_margin_max_ms,
-        }
-    )
-    for queue in (CANCEL_QUEUE, POLL_QUEUE):
-        rows.append({"queue": queue, "waiting": int(services.redis.llen(queue))})
-    rows.append({"watched_by_sweeper": services.store.count_due()})
+            row = {**estimates.usage(account, bucket).__dict__, "bucket": bucket.value}
+            row.pop("margin_ms")  # the same for every budget: in "margin"
+            budgets.append(row)
+    margin = {
+        "ms": observer.margin_ms(),
+        "floor_ms": services.settings.rate_margin_ms,
+        "ceiling_ms": services.settings.rate_margin_max_ms,
+    }
+    queues = {queue: int(services.redis.llen(queue)) for queue in (CANCEL_QUEUE, POLL_QUEUE)}
+    watched = services.store.count_due()
+    report = {"budgets": budgets, "margin": margin, "queues": queues, "watched_by_sweeper": watched}
     if not observer.accounts:
         print("no accounts registered yet: start a worker (cancel-worker worker)", file=sys.stderr)
-    for row in rows:
-        if args.json:
-            print(json.dumps(row))
-        elif "bucket" in row:
-            line = (
-                f"{row['account']:<10} {row['bucket']:<13} {row['used_in_window']}/{row['limit']} "
-                f"per {row['period_s']:g}s  in line {row['waiting']}"
-            )
-            if row["waiting_urgent"]:
-                line += f" ({row['waiting_urgent']} urgent)"
-            if row["waiting"]:
-                line += f", drains in ~{duration(row['drain_s'])}"
-            if row["counting_down"]:
-                line += f"  counting down {row['counting_down']}"
-            line += f"  paused {row['paused_ms']} ms  sent {row['sent']}"
-            line += f"  429s {row['rate_limited']}"
-            print(line)
-        elif "margin_ms" in row:
-            print(
-                f"margin     {row['margin_ms']} ms added to every window (learned from "
-                f"response times; floor {row['margin_floor_ms']}, ceiling "
-                f"{row['margin_ceiling_ms']})"
-            )
-        else:
-            print("  ".join(f"{k} {v}" for k, v in row.items()))
+    if args.json:
+        print(json.dumps(report), flush=True)
+        return EXIT_OK
+    for row in budgets:
+        line = (
+            f"{row['account']:<10} {row['bucket']:<13} {row['used_in_window']}/{row['limit']} "
+            f"per {row['period_s']:g}s  in line {row['waiting']}"
+        )
+        if row["waiting_urgent"]:
+            line += f" ({row['waiting_urgent']} urgent)"
+        if row["waiting"]:
+            line += f", drains in ~{duration(row['drain_s'])}"
+        if row["counting_down"]:
+            line += f"  counting down {row['counting_down']}"
+        line += f"  paused {row['paused_ms']} ms  sent {row['sent']}"
+        line += f"  429s {row['rate_limited']}"
+        print(line)
+    print(
+        f"margin     {margin['ms']} ms added to every window (learned from response times; "
+        f"floor {margin['floor_ms']}, ceiling {margin['ceiling_ms']})"
+    )
+    for queue, waiting in queues.items():
+        print(f"queue {queue}  waiting {waiting}")
+    print(f"watched_by_sweeper {watched}", flush=True)
     return EXIT_OK
 
 
@@ -606,8 +667,6 @@ def _deadman_arm(args: argparse.Namespace) -> int:
 
 
 def _deadman_beat(args: argparse.Namespace) -> int:
-    import signal
-
     from worker.deadman import deadman_status, heartbeat
 
     timeout_ms = heartbeat(args.name)
@@ -676,8 +735,6 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    import signal
-
     from prometheus_client import REGISTRY, start_http_server
 
     from worker.log import configure_logging
@@ -702,7 +759,9 @@ def _metrics(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from worker.log import configure_logging
+    from worker.settings import Settings
 
+    Settings.from_env()  # a bad variable stops `run` naming it, before anything starts
     configure_logging()
     options = stack.RunOptions(
         sentinel=args.sentinel,
@@ -712,6 +771,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         cancel_concurrency=args.cancel_concurrency,
         poll_concurrency=args.poll_concurrency,
+        verbose=args.verbose,
     )
     return stack.run_stack(options)
 

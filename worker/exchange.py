@@ -1,9 +1,9 @@
 """The exchange calls the worker makes, with every answer mapped to a result or an error.
 
-Mapping (DESIGN.md §3): 200 → a normalised order (or ids, or a page of orders); 401/403 →
-AuthError; 429 → RateLimited; another 4xx → OrderNotFound (status, or a 404 on cancel) or
-Refused; 5xx, timeout, connection loss or a malformed body → OutcomeUnknown, since the
-operation may have happened.
+Mapping (docs/exchange.md, "What each answer means here"): 200 → a normalised order (or
+ids, or a page of orders); 401/403 → AuthError; 429 → RateLimited; another 4xx →
+OrderNotFound (status, or a 404 on cancel) or Refused; 5xx, timeout, connection loss or a
+malformed body → OutcomeUnknown, since the operation may have happened.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ ORDER_PATH = "/trade/api/v2/futures/order"
 CANCEL_ALL_PATH = "/trade/api/v2/futures/cancel_all"
 OPEN_ORDERS_PATH = "/trade/api/v2/futures/orders/open"
 CLOSED_ORDERS_PATH = "/trade/api/v2/futures/orders/closed"
-LIST_LIMIT = 50  # most orders one list call returns (API.md §6c)
+#: Most orders one list call returns (docs/exchange.md, Endpoints and envelopes).
+LIST_LIMIT = 50
 LIST_WINDOW_MS = 7 * 24 * 3600 * 1000  # widest from_time..to_time a list call accepts
 DEFAULT_TIMEOUT_S = (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S)
 

@@ -33,7 +33,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
     level_name = (level or os.environ.get("CANCEL_WORKER_LOG_LEVEL") or DEFAULT_LEVEL).upper()
     if json is None:
         default_format = "console" if sys.stderr.isatty() else "json"
-        json = os.environ.get("CANCEL_WORKER_LOG_FORMAT", default_format).lower() != "console"
+        json = (os.environ.get("CANCEL_WORKER_LOG_FORMAT") or default_format).lower() != "console"
     secret = os.environ.get("COINSWITCH_SECRET_KEY") or None
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -13,7 +13,7 @@ from worker.errors import InvalidRequest
 
 
 class OrderState(enum.StrEnum):
-    """The state of one cancellation, as recorded and published (DESIGN.md §2)."""
+    """The state of one cancellation, as recorded and published (README, Records and events)."""
 
     QUEUED = "QUEUED"
     CANCELLATION_RAISED = "CANCELLATION_RAISED"
@@ -34,14 +34,15 @@ FINAL_STATES = frozenset(
     }
 )
 
-#: Exchange statuses that are terminal on futures (PARTIALLY_EXECUTED included, API.md §5).
+#: Exchange statuses that are final on futures, PARTIALLY_EXECUTED included
+#: (docs/exchange.md, Statuses).
 EXCHANGE_TERMINAL = frozenset({"CANCELLED", "EXECUTED", "PARTIALLY_EXECUTED"})
 
 #: Exchange status of an open order that no cancel has touched yet.
 EXCHANGE_OPEN = "RAISED"
 EXCHANGE_CANCEL_PENDING = "CANCELLATION_RAISED"
 
-#: The only futures exchange (API.md §2); input is case-insensitive.
+#: The only futures exchange (docs/exchange.md, Endpoints and envelopes); any case in.
 KNOWN_EXCHANGES = frozenset({"EXCHANGE_2"})
 DEFAULT_EXCHANGE = "EXCHANGE_2"
 
@@ -64,7 +65,8 @@ class Priority(enum.StrEnum):
 
 
 class Bucket(enum.StrEnum):
-    """One of the exchange's per-key budgets (API.md §7), each scheduled on its own."""
+    """One of the exchange's per-key budgets (docs/exchange.md, Rate limits), each scheduled
+    on its own."""
 
     CANCEL = "cancel"  # DELETE /futures/order
     STATUS = "status"  # GET /futures/order
@@ -84,7 +86,8 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
-#: Cancel-response field names mapped to the names every other response uses (API.md §3).
+#: Cancel-response field names mapped to the names every other response uses
+#: (docs/exchange.md, Order fields).
 _RENAMED_FIELDS = {"avg_exec_price": "avg_execution_price", "exec_fee": "execution_fee"}
 
 
@@ -140,7 +143,7 @@ class CancelRecord:
         return cls(**values)
 
     def public(self) -> dict[str, Any]:
-        """The documented record (DESIGN.md §2) without internal bookkeeping."""
+        """The documented record (README, Records and events) without internal bookkeeping."""
         data = self.to_dict()
         for name in _INTERNAL_FIELDS:
             data.pop(name)

@@ -75,6 +75,8 @@ def record_line(record: CancelRecord) -> str:
         line += f"  account={record.account}"
     if record.priority != Priority.NORMAL.value:
         line += f"  priority={record.priority}"
+    if record.batch_id:  # the cancel-all that cancelled it: how Flower's search finds it
+        line += f"  batch={record.batch_id}"
     return line
 
 

@@ -1,8 +1,8 @@
 """Configuration, read from the environment once into a frozen object.
 
-Names in the public contract (DESIGN.md §2) keep their names; our own tuning knobs use the
-`CANCEL_WORKER_` prefix. A bad value raises ConfigError naming the variable, at start-up.
-Accounts and their budgets are parsed by worker.accounts.
+Names in the public contract (the README's configuration table) keep their names; our own
+tuning knobs use the `CANCEL_WORKER_` prefix. A bad value raises ConfigError naming the
+variable, at start-up. Accounts and their budgets are parsed by worker.accounts.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+import redis.connection
 
 from worker.accounts import (
     ACCOUNTS_VARIABLE,
@@ -48,6 +50,7 @@ DEFAULT_SENTINEL_MASTER = "mymaster"
 #: How long a request waits for a replica to acknowledge its writes (when replicas exist).
 DEFAULT_REPLICA_WAIT_MS = 500
 REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+MAX_PORT = 65535  # TCP
 
 
 def redact_url(url: str) -> str:
@@ -67,24 +70,62 @@ def _redact_one(url: str) -> str:
 
 
 def _redis_url(env: Mapping[str, str]) -> str:
+    """REDIS_URL, checked the way the clients will read it; ConfigError naming the bad part.
+
+    redis-py quietly uses database 0 for a path that is not a number, and fails with a bare
+    ValueError deep inside a command for a bad port: both are caught here, at start-up.
+    """
     url = env.get("REDIS_URL", DEFAULT_REDIS_URL)
-    schemes = {urlsplit(part.strip()).scheme for part in url.split(";")}
-    sentinel = schemes == {"sentinel"}
-    if not sentinel and (len(url.split(";")) > 1 or not schemes <= set(REDIS_SCHEMES)):
-        known = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
-        raise ConfigError("REDIS_URL", f"{redact_url(url)!r} is not a Redis URL ({known})")
-    if sentinel:
-        for part in url.split(";"):
-            parts = urlsplit(part.strip())
-            try:
-                parts.port  # noqa: B018 - parsing it is the check
-            except ValueError:
-                raise ConfigError("REDIS_URL", f"{redact_url(part)!r} has a bad port") from None
-            if not parts.hostname:
-                raise ConfigError("REDIS_URL", f"{redact_url(part)!r} names no Sentinel host")
-            if not parts.path.strip("/").isdigit() and parts.path.strip("/"):
-                raise ConfigError("REDIS_URL", f"{redact_url(part)!r}: the database is a number")
+    parts = [part.strip() for part in url.split(";")]
+    schemes = [urlsplit(part).scheme for part in parts]
+    for part, scheme in zip(parts, schemes, strict=True):
+        if scheme not in REDIS_SCHEMES:
+            known = ", ".join(f"{name}://" for name in REDIS_SCHEMES)
+            what = f"scheme {scheme!r} is not one of" if scheme else "it has no scheme, one of"
+            raise ConfigError(
+                "REDIS_URL", f"{redact_url(part)!r} is not a Redis URL: {what} {known}"
+            )
+    if len(parts) > 1 and set(schemes) != {"sentinel"}:
+        raise ConfigError(
+            "REDIS_URL",
+            f"{redact_url(url)!r} joins several URLs with ';', which only sentinel:// URLs may",
+        )
+    for part in parts:
+        _check_redis_url(part)
     return url
+
+
+def _check_redis_url(url: str) -> None:
+    """Port, host, database and query of one Redis (or Sentinel) URL; ConfigError if bad."""
+    shown = repr(redact_url(url))
+    parts = urlsplit(url)
+    if parts.scheme != "unix":
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            given = parts.netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")[2]
+            raise ConfigError(
+                "REDIS_URL", f"{shown}: port {given!r} is not a number from 1 to {MAX_PORT}"
+            )
+        database = unquote(parts.path).strip("/")
+        if database and not database.isdigit():
+            raise ConfigError(
+                "REDIS_URL", f"{shown}: database {database!r} (the path) is not a number"
+            )
+    elif not parts.path:
+        raise ConfigError("REDIS_URL", f"{shown} names no socket path")
+    if parts.scheme == "sentinel" and not parts.hostname:
+        raise ConfigError("REDIS_URL", f"{shown} names no Sentinel host")
+    for database in parse_qs(parts.query).get("db", []):
+        if not database.isdigit():
+            raise ConfigError("REDIS_URL", f"{shown}: database {database!r} (db=) is not a number")
+    if parts.scheme != "sentinel":
+        try:
+            redis.connection.parse_url(url)  # every other query argument, as redis-py reads it
+        except ValueError as exc:
+            raise ConfigError("REDIS_URL", f"{shown}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -141,7 +182,7 @@ class Settings:
             base_url=base_url,
             accounts=accounts_from_env(env, rates),
             rates=rates,
-            namespace=env.get("CANCEL_WORKER_NAMESPACE", DEFAULT_NAMESPACE),
+            namespace=env.get("CANCEL_WORKER_NAMESPACE") or DEFAULT_NAMESPACE,
             **tuning,
         )
         if settings.rate_margin_max_ms < settings.rate_margin_ms:

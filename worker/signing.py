@@ -1,4 +1,4 @@
-"""Ed25519 request signing as CoinSwitch PRO documents it (API.md §1).
+"""Ed25519 request signing as CoinSwitch PRO documents it (docs/exchange.md, Signing).
 
 The signed message is METHOD + URL-decoded path?query + epoch, with no body: the query is
 signed in exactly the order it is sent.

@@ -4,6 +4,11 @@
 cancel needs. `run` adds what a laptop lacks: an embedded redis-server (when REDIS_URL does
 not answer), the sandbox (when no credentials are set), Flower and the metrics endpoint.
 Ctrl-C or SIGTERM stops every child, then waits for each.
+
+Every child runs in its own process group, so the terminal's Ctrl-C reaches only the
+supervisor, which sends each child exactly one SIGTERM. When children shared the terminal's
+group they got SIGINT and then SIGTERM: Celery repeated its warm shutdown, and Flower's
+SIGTERM handler (`sys.exit` inside its atexit callback) printed a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import redis
@@ -42,6 +48,7 @@ DEFAULT_SANDBOX_PORT = 8765
 DEFAULT_FLOWER_PORT = 5555
 DEFAULT_METRICS_PORT = 9808
 PR_SET_PDEATHSIG = 1  # Linux prctl: the signal a child gets when its parent dies
+RUN_LOG = "run.log"  # in the data dir: what `run`'s children print (unless --verbose)
 
 log = structlog.get_logger(__name__)
 
@@ -74,11 +81,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _spawn(args: list[str], env: dict[str, str], *, own_group: bool) -> subprocess.Popen[bytes]:
-    # A child in its own process group does not get the terminal's Ctrl-C: the supervisor
-    # stops it itself, after the processes that depend on it.
+def _spawn(
+    args: list[str], env: dict[str, str], output: BinaryIO | None
+) -> subprocess.Popen[bytes]:
+    # Its own process group: the terminal's Ctrl-C does not reach it, only our one SIGTERM.
     return subprocess.Popen(
-        args, env=env, preexec_fn=_die_with_parent, process_group=0 if own_group else None
+        args,
+        env=env,
+        preexec_fn=_die_with_parent,
+        process_group=0,
+        stdout=output,
+        stderr=output,
     )
 
 
@@ -91,6 +104,7 @@ class Child:
     restart: bool
     proc: subprocess.Popen[bytes]
     stop_last: bool = False  # infrastructure (Redis, the sandbox): stopped after the rest
+    output: BinaryIO | None = None  # where its stdout and stderr go (None: ours)
     restarts: list[float] = field(default_factory=list)  # monotonic times of restarts
 
 
@@ -104,6 +118,8 @@ class Supervisor:
     """
 
     children: dict[str, Child] = field(default_factory=dict)
+    #: Where children started with an `output` file print, named in exit messages.
+    log_path: Path | None = None
     _stopping: bool = False
 
     def start(
@@ -114,15 +130,16 @@ class Supervisor:
         *,
         restart: bool = False,
         stop_last: bool = False,
+        output: BinaryIO | None = None,
     ) -> None:
-        """Start one child process sharing our stdout/stderr.
+        """Start one child process printing to `output` (default: our stdout/stderr).
 
-        `stop_last` marks infrastructure the others depend on: it ignores Ctrl-C and is
-        stopped only after every other child has exited.
+        `stop_last` marks infrastructure the others depend on: it is stopped only after
+        every other child has exited.
         """
         environment = dict(env or os.environ)
-        proc = _spawn(list(args), environment, own_group=stop_last)
-        self.children[name] = Child(list(args), environment, restart, proc, stop_last)
+        proc = _spawn(list(args), environment, output)
+        self.children[name] = Child(list(args), environment, restart, proc, stop_last, output)
         log.info("stack.started", child=name, pid=proc.pid)
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
@@ -138,7 +155,7 @@ class Supervisor:
         if self._stopping:  # it died of the same Ctrl-C that is stopping us
             return True
         child.restarts.append(now)
-        child.proc = _spawn(child.args, child.env, own_group=child.stop_last)
+        child.proc = _spawn(child.args, child.env, child.output)
         log.warning("stack.restarted", child=name, pid=child.proc.pid)
         return True
 
@@ -153,7 +170,8 @@ class Supervisor:
                 for name, child in self.children.items():
                     if child.proc.poll() is None or self._stopping:
                         continue
-                    log.error("stack.child_exited", child=name, code=child.proc.returncode)
+                    where = {"log": str(self.log_path)} if child.output and self.log_path else {}
+                    log.error("stack.child_exited", child=name, code=child.proc.returncode, **where)
                     if not self._revive(name, child):
                         code = 1
                         self._stopping = True
@@ -196,6 +214,42 @@ def redis_answers(url: str) -> bool:
         return bool(client.ping())
     except (redis.RedisError, ValueError):
         return False
+
+
+def redis_persistence(url: str) -> str | None:
+    """What a running Redis keeps across a restart, for people: None if AOF is on, else a
+    warning (RDB snapshots only, nothing at all, or unknown when CONFIG is refused, as
+    managed Redis services often do)."""
+    from worker.connection import connect_redis
+    from worker.settings import Settings
+
+    client = connect_redis(Settings(redis_url=url), timeout_s=1.0)
+    try:
+        config = client.config_get("appendonly")
+        config.update(client.config_get("save"))
+    except redis.ResponseError as exc:  # CONFIG renamed or disabled
+        try:
+            aof = str(client.info("persistence").get("aof_enabled")) == "1"
+        except redis.RedisError:
+            aof = False
+        if aof:
+            return None
+        return f"persistence unknown: it refused CONFIG GET ({exc}); make sure AOF is on"
+    except redis.RedisError as exc:
+        return f"persistence unknown: {exc}"
+    finally:
+        client.close()
+    if config.get("appendonly") == "yes":
+        return None
+    if config.get("save", "").strip():
+        return (
+            f"persistence: RDB snapshots only (save {config['save']}), no AOF: a crash "
+            "loses what changed since the last snapshot"
+        )
+    return (
+        "NO persistence (appendonly no, no RDB saves): a restart loses every waiting "
+        "cancel, record and armed switch (redis-cli CONFIG SET appendonly yes)"
+    )
 
 
 def workers_ready(url: str, namespace: str, queues: Sequence[str], since_ms: int) -> bool:
@@ -294,12 +348,15 @@ def redis_server_args(url: str, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `check` until it is true, or raise ConfigError after timeout_s."""
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, log_path: Path | None = None
+) -> None:
+    """Poll `check` until it is true, or raise ConfigError after timeout_s (naming the log)."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            raise ConfigError("run", f"{what} did not come up within {timeout_s:g}s")
+            see = f"; its output is in {log_path}" if log_path else ""
+            raise ConfigError("run", f"{what} did not come up within {timeout_s:g}s{see}")
         time.sleep(0.1)
 
 
@@ -314,6 +371,16 @@ class RunOptions:
     metrics_port: int = DEFAULT_METRICS_PORT
     cancel_concurrency: int = DEFAULT_CANCEL_CONCURRENCY
     poll_concurrency: int = DEFAULT_POLL_CONCURRENCY
+    verbose: bool = False  # the children print on our terminal instead of into RUN_LOG
+
+
+def open_run_log(data_dir: Path) -> tuple[Path, BinaryIO]:
+    """A fresh RUN_LOG in data_dir (the previous one kept as RUN_LOG.1), open for the children."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / RUN_LOG
+    if path.exists():
+        path.replace(data_dir / f"{RUN_LOG}.1")
+    return path, open(path, "ab")  # the children write it until run ends
 
 
 def _cli(*args: str) -> list[str]:
@@ -393,14 +460,28 @@ def run_stack(options: RunOptions) -> int:
         for port in layout.sentinel_ports:
             wanted[f"a Sentinel ({port})"] = (port, "REDIS_URL")
     check_ports(wanted)
-    supervisor = Supervisor()
+    log_path: Path | None = None
+    output: BinaryIO | None = None
+    if not options.verbose:  # the children's banners and warnings would bury ours
+        log_path, output = open_run_log(options.data_dir)
+    supervisor = Supervisor(log_path=log_path)
     lines: list[str] = []
+
+    def start(
+        name: str, args: Sequence[str], child_env: Mapping[str, str] | None = None, **how: bool
+    ) -> None:
+        """Start a child whose output goes where run's option says."""
+        supervisor.start(name, args, child_env, output=output, **how)
+
+    def wait(check: Callable[[], bool], what: str) -> None:
+        wait_until(check, READY_TIMEOUT_S, what, log_path)
+
     try:
         if layout is not None:
             for name, command in layout.commands(options.data_dir / "sentinel").items():
-                supervisor.start(name, command, stop_last=True)
-            wait_until(lambda: redis_answers(redis_url), READY_TIMEOUT_S, "the Sentinels' primary")
-            wait_until(lambda: replica_in_sync(layout.replica_port), READY_TIMEOUT_S, "the replica")
+                start(name, command, stop_last=True)
+            wait(lambda: redis_answers(redis_url), "the Sentinels' primary")
+            wait(lambda: replica_in_sync(layout.replica_port), "the replica")
             lines += [
                 f"Redis       primary :{layout.primary_port}, replica :{layout.replica_port}, "
                 f"Sentinels {', '.join(map(str, layout.sentinel_ports))} (master "
@@ -408,12 +489,21 @@ def run_stack(options: RunOptions) -> int:
                 f"            try a failover: redis-cli -p {layout.primary_port} shutdown nosave",
             ]
         elif redis_answers(redis_url):
-            lines.append(f"Redis       {redis_url} (already running)")
+            lines.append(
+                f"Redis       {redact_url(redis_url)}: REUSED, a Redis already answering there "
+                "(run did not start it and leaves it running)"
+            )
+            persistence = redis_persistence(redis_url)
+            if persistence is not None:
+                lines.append(f"            WARNING: {persistence}")
         else:
             redis_args = redis_server_args(redis_url, options.data_dir / "redis")
-            supervisor.start("redis", redis_args, stop_last=True)
-            wait_until(lambda: redis_answers(redis_url), READY_TIMEOUT_S, "redis-server")
-            lines.append(f"Redis       {redis_url} (embedded, data in {options.data_dir}/redis)")
+            start("redis", redis_args, stop_last=True)
+            wait(lambda: redis_answers(redis_url), "redis-server")
+            lines.append(
+                f"Redis       {redact_url(redis_url)} (embedded, AOF data in "
+                f"{options.data_dir}/redis)"
+            )
         if use_sandbox:
             api_key, secret_key = generate_keypair()
             sandbox_url = f"http://127.0.0.1:{options.sandbox_port}"
@@ -422,17 +512,13 @@ def run_stack(options: RunOptions) -> int:
             sandbox_args = _cli(
                 "sandbox", "--port", str(options.sandbox_port), "--api-key", api_key
             )
-            supervisor.start(
-                "sandbox", [*sandbox_args, "--seed", str(secrets.randbits(32))], stop_last=True
-            )
+            start("sandbox", [*sandbox_args, "--seed", str(secrets.randbits(32))], stop_last=True)
             env.update(
                 COINSWITCH_BASE_URL=sandbox_url,
                 COINSWITCH_API_KEY=api_key,
                 COINSWITCH_SECRET_KEY=secret_key,
             )
-            wait_until(
-                lambda: _http_ok(f"{sandbox_url}/_sandbox/health"), READY_TIMEOUT_S, "sandbox"
-            )
+            wait(lambda: _http_ok(f"{sandbox_url}/_sandbox/health"), "sandbox")
             demo = AdminClient(sandbox_url).create_order(
                 symbol="DOGEUSDT", side="BUY", order_type="LIMIT", quantity="22", price="0.28"
             )
@@ -454,7 +540,7 @@ def run_stack(options: RunOptions) -> int:
         for name, args in worker_commands(
             options.cancel_concurrency, options.poll_concurrency
         ).items():
-            supervisor.start(name, args, env, restart=True)  # the only processes that sign
+            start(name, args, env, restart=True)  # the only processes that sign
         options.data_dir.mkdir(parents=True, exist_ok=True)
         reader_env = without_secrets(env)
         flower = [
@@ -465,30 +551,35 @@ def run_stack(options: RunOptions) -> int:
         if not env.get("FLOWER_BASIC_AUTH"):
             # Loopback only: let the local user read Flower's API without credentials.
             flower_env["FLOWER_UNAUTHENTICATED_API"] = "true"
-        supervisor.start("flower", flower, flower_env)
-        metrics = _cli("metrics", "--port", str(options.metrics_port))
-        supervisor.start("metrics", metrics, reader_env)
+        start("flower", flower, flower_env)
+        start("metrics", _cli("metrics", "--port", str(options.metrics_port)), reader_env)
         flower_url = f"http://127.0.0.1:{options.flower_port}"
         metrics_url = f"http://127.0.0.1:{options.metrics_port}/metrics"
-        wait_until(lambda: _http_ok(f"{flower_url}/healthcheck"), READY_TIMEOUT_S, "Flower")
-        wait_until(lambda: _http_ok(metrics_url), READY_TIMEOUT_S, "metrics")
-        namespace = env.get("CANCEL_WORKER_NAMESPACE", DEFAULT_NAMESPACE)
-        wait_until(
-            lambda: workers_ready(
-                redis_url, namespace, (CANCEL_QUEUE, POLL_QUEUE), workers_since_ms
-            ),
-            READY_TIMEOUT_S,
-            "the workers",
-        )
+        wait(lambda: _http_ok(f"{flower_url}/healthcheck"), "Flower")
+        wait(lambda: _http_ok(metrics_url), "metrics")
+        namespace = env.get("CANCEL_WORKER_NAMESPACE") or DEFAULT_NAMESPACE
+        queues = (CANCEL_QUEUE, POLL_QUEUE)
+        wait(lambda: workers_ready(redis_url, namespace, queues, workers_since_ms), "the workers")
         lines += [
             "Workers     cancels + polls (Celery, threads pool; each dispatches and sweeps)",
             f"Flower      {flower_url}"
             + ("  (auth from FLOWER_BASIC_AUTH)" if env.get("FLOWER_BASIC_AUTH") else ""),
             f"Metrics     {metrics_url}",
-            "Ctrl-C stops everything.",
         ]
+        if log_path is not None:
+            lines.append(
+                f"Logs        {log_path}: what the workers, Flower, metrics, the sandbox and "
+                "Redis print (--verbose: here instead)"
+            )
+        lines.append("Ctrl-C stops everything.")
         print("\ncancel-worker is running\n  " + "\n  ".join(lines) + "\n", flush=True)
     except BaseException:
         supervisor.stop()
+        if output is not None:
+            output.close()
         raise
-    return supervisor.run_until_stopped()
+    try:
+        return supervisor.run_until_stopped()
+    finally:
+        if output is not None:
+            output.close()

@@ -1,4 +1,4 @@
-"""A local imitation of the CoinSwitch PRO futures API, quirks included (see API.md).
+"""A local imitation of the CoinSwitch PRO futures API, quirks included (docs/exchange.md).
 
 Start one in-process with `run_sandbox()`, or from the shell with `cancel-worker sandbox`.
 """

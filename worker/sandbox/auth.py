@@ -1,4 +1,4 @@
-"""Ed25519 request verification, exactly as API.md §1 documents the exchange doing it.
+"""Ed25519 request verification, as the exchange does it (docs/exchange.md, Signing).
 
 The message is METHOD + unquote_plus(path?query as received) + epoch; the body is not signed
 and the query is never re-ordered, so a client must sign what it sends.

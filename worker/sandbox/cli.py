@@ -104,13 +104,16 @@ def _client_error(text: str) -> int:
     return int(text)
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    formatter_class: type[argparse.HelpFormatter] = argparse.ArgumentDefaultsHelpFormatter,
+) -> None:
     """Register `sandbox` with every knob of SandboxConfig as an option."""
     p = subparsers.add_parser(
         "sandbox",
         help="run a local imitation of the CoinSwitch PRO futures API",
         description="Run a local imitation of the CoinSwitch PRO futures API (127.0.0.1 only).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=formatter_class,
     )
     add = p.add_argument
     add(

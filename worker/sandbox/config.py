@@ -1,7 +1,8 @@
 """Sandbox configuration: one frozen value, validated once, swapped whole at runtime.
 
-Every knob that imitates something API.md marks "not documented" lives here with a named
-default, so the choice is visible and changeable (CLI flag or `POST /_sandbox/config`).
+Every knob that imitates something the exchange leaves undocumented (docs/exchange.md,
+"Undocumented: assumptions and the sandbox's choices") lives here with a named default, so
+the choice is visible and changeable (CLI flag or `POST /_sandbox/config`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ ENDPOINTS: Final[dict[str, tuple[str, str]]] = {
     "closed": ("POST", "/trade/api/v2/futures/orders/closed"),
 }
 
-# Documented limits (API.md §7), as COUNT/PERIOD strings.
+# Documented limits (docs/exchange.md, Rate limits), as COUNT/PERIOD strings.
 DEFAULT_CANCEL_LIMIT: Final = "10/60s"
 DEFAULT_STATUS_LIMIT: Final = "20/60s"
 DEFAULT_PLACE_LIMIT: Final = "20/60s"

@@ -1,4 +1,4 @@
-"""The order record and the exchange's JSON shapes for it (API.md §3, §4, §8).
+"""The order record and the exchange's JSON shapes for it (docs/exchange.md, Order fields).
 
 Two shapes exist on purpose: the cancel response renames two fields and drops
 `realised_pnl`; every other response uses the status shape. Decimals are strings.

@@ -1,4 +1,5 @@
-"""Request-body validation with the exchange's 422 texts, which name the field (API.md §7).
+"""Request-body validation with the exchange's 422 texts, which name the field
+(docs/exchange.md, Errors).
 
 Bodies are parsed with `parse_float=Decimal`, so numbers keep the scale the client sent.
 Numeric strings are accepted too (the docs say "number"; strings are not documented).
@@ -133,7 +134,7 @@ class PlaceRequest:
 
 
 def parse_place(body: dict[str, Any]) -> PlaceRequest:
-    """Validate a Place Order body (API.md §6b, §10.13), in documented field order."""
+    """Validate a Place Order body (docs/exchange.md, Endpoints and envelopes), in field order."""
     exchange_field(body)
     symbol = symbol_field(body, required=True)
     side = choice_field(body, "side", SIDES)
@@ -198,7 +199,8 @@ class ListQuery:
 
 
 def parse_list(body: dict[str, Any], *, closed: bool, now_ms: int) -> ListQuery:
-    """Validate Open/Closed Orders; no bounds means the last 7 days (API.md §6c)."""
+    """Validate Open/Closed Orders; no bounds means the last 7 days (docs/exchange.md,
+    Endpoints and envelopes)."""
     exchange_field(body)
     symbol = symbol_field(body, required=False)
     limit = int_field(body, "limit", minimum=1)
