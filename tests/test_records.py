@@ -106,7 +106,7 @@ def test_a_request_meeting_a_free_budget_hands_its_turns_out_in_the_same_call(
     assert [t.job for t in made.turns] == ids[:2]  # normal jobs leave the last slot free
     lines = [("default", Bucket.CANCEL, i) for i in ids]
     assert scheduler.waiting(lines) == [False, False, True, True, True]
-    assert made.replicas == 0
+    assert made.confirmed  # no replica to wait for
 
 
 def test_discard_queued_undoes_create_but_keeps_records_under_way(

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -160,6 +162,36 @@ class Replication:
             self._read_at = -REPLICAS_CACHE_S  # a replica may have gone (or a failover come)
         self.healthy = int(acked) >= 1 or self.replicas() == 0
         return self.healthy
+
+    def call(
+        self, script: Any, keys: list[str], args: list[Any], replicas_of: Callable[[Any], int]
+    ) -> tuple[Any, bool]:
+        """Run a script whose writes must be on a replica before its caller acts on them.
+
+        When replicas were seen last time, `WAIT` goes in the same round trip as the script;
+        otherwise the script says how many replicas are online (`replicas_of(reply)`), and
+        only if it found some is a `WAIT` sent after it. Returns (reply, confirmed): False
+        means no replica acknowledged within `wait_ms`.
+        """
+        if self._replicas == 0:
+            reply = script(keys=keys, args=args)
+            self.note_replicas(replicas_of(reply))
+            return reply, self._replicas == 0 or self.confirmed()
+
+        def with_wait() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", 1, self.wait_ms)
+            return list(pipe.execute())
+
+        try:
+            reply, acked = with_wait()
+        except redis.exceptions.NoScriptError:  # a new primary, or a flushed script cache
+            self.client.script_load(script.script)
+            reply, acked = with_wait()
+        self.note_replicas(replicas_of(reply))
+        self.healthy = int(acked) >= 1 or self._replicas == 0
+        return reply, self.healthy
 
     def primary_changed(self) -> PrimaryChange:
         """Whether the primary changed since any worker last looked (reported once per change)."""

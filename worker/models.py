@@ -131,14 +131,14 @@ class CancelRecord:
         return self.state in FINAL_STATES
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form, public fields first."""
-        return dataclasses.asdict(self)
+        """The JSON-ready form, public fields first (it shares the nested values: serialise
+        it, do not change it; dataclasses.asdict's deep copy is a hot path's largest cost)."""
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CancelRecord:
         """Rebuild a record from `to_dict` output, ignoring fields this version does not know."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
+        values = {k: v for k, v in data.items() if k in _RECORD_NAMES}
         values["state"] = OrderState(values["state"])
         return cls(**values)
 
@@ -150,6 +150,8 @@ class CancelRecord:
         return data
 
 
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(CancelRecord))
+_RECORD_NAMES = frozenset(_RECORD_FIELDS)
 _INTERNAL_FIELDS = (
     "cancel_accepted",
     "delete_in_flight",

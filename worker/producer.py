@@ -132,12 +132,11 @@ def enqueue(
             priority=priority,
             owner=owner,
             watch_at_ms=now_ms() + services.watch_grace_ms,
+            replication=services.replication,
         )
         records, turns = made.records, made.turns
         fresh = [r.order_id for r, new in zip(records, made.created, strict=True) if new]
-        replication = services.replication
-        replication.note_replicas(made.replicas)
-        if fresh and made.replicas and not replication.confirmed():
+        if fresh and not made.confirmed:
             removed = store.discard_queued(fresh, scheduler, account, turns)
             taken = len(fresh) - removed  # a dispatcher handed them out already
             raise BrokerUnavailable(

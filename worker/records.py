@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import redis
 
+from worker.connection import Replication
 from worker.keys import Keys
 from worker.models import DEFAULT_ACCOUNT, Bucket, CancelRecord, OrderState, Priority
 from worker.scheduler import RELEASE_LEAD_MS, Released, Scheduler
@@ -85,12 +86,12 @@ class Next:
 @dataclass
 class Created:
     """What a request stored: the records (new or as they were), which are new, the turns
-    handed out at once, and how many replicas must confirm the writes."""
+    handed out at once, and whether a replica confirmed the writes (or none exists)."""
 
     records: list[CancelRecord]
     created: list[bool]
     turns: list[Released]
-    replicas: int
+    confirmed: bool = True
 
 
 class RecordStore:
@@ -145,6 +146,7 @@ class RecordStore:
         batch_id: str | None = None,
         accepted: bool = False,
         hand_out: bool = True,
+        replication: Replication | None = None,
     ) -> Created:
         """Create records for the ids that have none, atomically, in one round trip.
 
@@ -155,7 +157,8 @@ class RecordStore:
         is pending in that batch. Each new record gets its first event and state count in
         the same script, and with `watch_at_ms` the sweeper watches it from then on, so no
         record exists that nothing would ever look at. Existing records are returned as they
-        are.
+        are. With `replication`, the writes are confirmed on a replica in the same round
+        trip when replicas exist (see Replication.call).
         """
         at = now_ms()
         state = OrderState.CANCELLATION_RAISED if accepted else OrderState.QUEUED
@@ -164,7 +167,7 @@ class RecordStore:
             for i in order_ids
         ]
         if not fresh:
-            return Created([], [], [], 0)
+            return Created([], [], [])
         line = scheduler.line(account, Bucket.CANCEL)
         handing_out = hand_out and not accepted and account in scheduler.accounts
         if handing_out:
@@ -212,7 +215,10 @@ class RecordStore:
             event = _event_fields(record, previous=None)
             body = json.dumps(record.to_dict())
             args += [record.order_id, at, body, json.dumps(event)]
-        reply = self._request(keys=keys, args=args)
+        if replication is None:
+            reply, confirmed = self._request(keys=keys, args=args), True
+        else:
+            reply, confirmed = replication.call(self._request, keys, args, lambda r: int(r[2]))
         created = [flag == "1" for flag in str(reply[1])]
         turns = [
             Released(account, Bucket.CANCEL, str(reply[i]), str(reply[i + 1]), int(reply[i + 2]))
@@ -221,7 +227,7 @@ class RecordStore:
         pairs = list(zip(fresh, created, strict=True))
         existing = iter(self.get_many([r.order_id for r, made in pairs if not made]))
         records = [r if made else (next(existing) or r) for r, made in pairs]
-        return Created(records, created, turns, int(reply[2]))
+        return Created(records, created, turns, confirmed)
 
     def discard_queued(
         self,

@@ -120,11 +120,13 @@ class Turn:
 
 @dataclass(frozen=True)
 class Taken:
-    """What take.lua found: its code and the record (as stored after any mark)."""
+    """What take.lua found: its code and the record (as stored after any mark), and whether
+    a replica confirmed the turn's writes (or none exists)."""
 
     code: str
     raw: str | None = None
     wait_ms: int = 0
+    confirmed: bool = True
 
     @property
     def record(self) -> CancelRecord | None:
@@ -214,27 +216,25 @@ class OrderTurn:
         services, scheduler = self.services, self.scheduler
         commit_keys, commit_args = scheduler.commit_args(self.account, bucket, self.member)
         schedule, pause, stats, margin = commit_keys
+        replication = services.replication
+        keys = [services.keys.record(self.order_id), lease_key, schedule, pause, stats, margin]
+
+        def replicas_of(reply: Any) -> int:
+            going = reply[0] in ("go", "go_unmarked")
+            return int(reply[4]) if going else replication.known_replicas
+
         held_s = 0.0
         while True:
             started = time.monotonic()
-            reply = self._take(
-                keys=[
-                    services.keys.record(self.order_id),
-                    lease_key,
-                    schedule,
-                    pause,
-                    stats,
-                    margin,
-                ],
-                args=[
-                    self.owner,
-                    services.lease_ttl_ms,
-                    *commit_args,
-                    "1" if delete else "0",
-                    now_ms(),
-                    services.settings.record_ttl_s,
-                ],
-            )
+            args = [
+                self.owner,
+                services.lease_ttl_ms,
+                *commit_args,
+                "1" if delete else "0",
+                now_ms(),
+                services.settings.record_ttl_s,
+            ]
+            reply, confirmed = replication.call(self._take, keys, args, replicas_of)
             code = str(reply[0])
             if code == "gone":
                 return Taken(code), started
@@ -246,8 +246,7 @@ class OrderTurn:
                 held_s += wait_s
                 continue
             if code in ("go", "go_unmarked"):
-                services.replication.note_replicas(int(reply[4]))
-                taken = Taken("go", str(reply[3]))
+                taken = Taken("go", str(reply[3]), confirmed=confirmed)
                 if code == "go_unmarked":
                     taken = self._mark(taken)
                 return taken, started
@@ -263,13 +262,16 @@ class OrderTurn:
             return record
 
         stored = self.services.store.update(self.order_id, mark, self.scheduler, raw=taken.raw)
-        return Taken("gone") if stored is None else Taken("go", json.dumps(stored.to_dict()))
+        if stored is None:
+            return Taken("gone")
+        return Taken(
+            "go", json.dumps(stored.to_dict()), confirmed=self.services.replication.confirmed()
+        )
 
     def _confirmed(self, taken: Taken, bucket: Bucket, lease: tuple[str, str]) -> bool:
         """With replicas, the send time (and mark) must be on one before the request; if none
         confirms, nothing is sent, the mark is undone, the budget waits, the order requeues."""
-        replication = self.services.replication
-        if replication.known_replicas == 0 or replication.confirmed():
+        if taken.confirmed:
             return True
         log.warning("budget.replica_unconfirmed", account=self.account, bucket=bucket.value)
         self.scheduler.hold(self.account, bucket, REPLICA_HOLD_MS, "replica")

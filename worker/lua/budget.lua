@@ -49,28 +49,53 @@ local function next_slot(times, pause_until, limit, window, now, reserve)
   return slot
 end
 
--- A budget as hand-outs see it: its booked times (old ones trimmed), pause and window.
+-- A budget as hand-outs see it: the sends of its window and those booked ahead (older ones
+-- are trimmed; they cannot move a slot from now on), its pause, and its window.
 local function budget_at(schedule, pause, margin, limit, period, ceiling, now)
   redis.call('ZREMRANGEBYSCORE', schedule, '-inf', now - period - ceiling)
-  local raw = redis.call('ZRANGE', schedule, 0, -1, 'WITHSCORES')
-  local times = {}
-  for i = 2, #raw, 2 do times[#times + 1] = tonumber(raw[i]) end
+  local window = period + margin
+  local last = redis.call('ZRANGE', schedule, -1, -1, 'WITHSCORES')
   local p = redis.call('PTTL', pause)
   return {
     schedule = schedule,
     limit = limit,
-    window = period + margin,
-    times = times,
+    window = window,
+    now = now,
     pause_until = p > 0 and now + p or now,
     keep = period + ceiling + 60000,
+    recent = redis.call('ZCOUNT', schedule, '(' .. (now - window), '+inf'),
+    last = #last > 0 and tonumber(last[2]) or 0,
+    times = nil,  -- loaded when a slot is not plainly free
   }
+end
+
+-- The budget's sends from (now - window) on, sorted: all next_slot ever needs.
+local function times_of(B)
+  if B.times == nil then
+    local raw = redis.call('ZRANGEBYSCORE', B.schedule, '(' .. (B.now - B.window), '+inf',
+      'WITHSCORES')
+    B.times = {}
+    for i = 2, #raw, 2 do B.times[#B.times + 1] = tonumber(raw[i]) end
+  end
+  return B.times
+end
+
+-- The next free slot for a job (with `reserve`: a normal one). When the window plainly has
+-- room (no pause, nothing booked ahead, fewer sends than the reserve allows) it is now,
+-- found without reading the schedule: a free budget costs a hand-out a few lookups.
+local function slot_of(B, reserve)
+  local room = (reserve and B.limit > 1) and B.limit - 1 or B.limit
+  if B.pause_until <= B.now and B.last <= B.now and B.recent < room then return B.now end
+  return next_slot(times_of(B), B.pause_until, B.limit, B.window, B.now, reserve)
 end
 
 -- Book `slot` for a turn named `member`.
 local function book(B, member, slot)
   redis.call('ZADD', B.schedule, slot, member)
-  insert_time(B.times, slot)
   redis.call('PEXPIRE', B.schedule, B.keep)
+  if B.times ~= nil then insert_time(B.times, slot) end
+  B.recent = B.recent + 1
+  if slot > B.last then B.last = slot end
 end
 
 -- Commit a turn's send time: now, unless the window (now - period - margin, now] already

@@ -13,12 +13,12 @@ local L = line_at(KEYS, 1, ARGV, 1, KEYS[9])
 local limit, period = tonumber(ARGV[4]), tonumber(ARGV[5])
 local margin = margin_of(KEYS[7], tonumber(ARGV[6]), tonumber(ARGV[7]))
 local window, max_sim, job = period + margin, tonumber(ARGV[9]), ARGV[8]
-local raw = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
+local raw = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. (now - window), '+inf', 'WITHSCORES')
 local times, used, ahead = {}, 0, 0
 for i = 2, #raw, 2 do
   local t = tonumber(raw[i])
-  if t > now - period - tonumber(ARGV[7]) then times[#times + 1] = t end
-  if t > now - window and t <= now then used = used + 1 elseif t > now then ahead = ahead + 1 end
+  times[#times + 1] = t
+  if t <= now then used = used + 1 else ahead = ahead + 1 end
 end
 local paused = math.max(0, redis.call('PTTL', KEYS[6]))
 local look = tonumber(redis.call('ZSCORE', KEYS[9], L.budget)) or now

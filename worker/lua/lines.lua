@@ -153,7 +153,7 @@ end
 local function release_one(L, B, now, lead, urgent_only, name)
   local owner, job, rank = head(L)
   if owner == nil or (urgent_only and rank > 0) then return nil, nil end
-  local slot = next_slot(B.times, B.pause_until, B.limit, B.window, now, rank > 0)
+  local slot = slot_of(B, rank > 0)
   if slot > now + lead then return nil, slot end
   pop(L, owner, job)
   local member = job .. '@' .. name

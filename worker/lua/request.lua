@@ -1,8 +1,9 @@
 --! uses: common budget lines records
 -- A request: create the records that do not exist yet (each with its first event, state
--- count and sweeper watch), put the new ones in the account's cancel line, and hand the
--- line's free turns out at once, so a cancel that meets a free budget needs no dispatcher.
--- Jobs left waiting wake one.
+-- count and sweeper watch) and give each new one its DELETE turn at once while the budget
+-- has room and nobody waits in its line (a free budget: no line, no dispatcher, no wait);
+-- the others join the line, whose free turns are then handed out too. Jobs left waiting
+-- wake one dispatcher.
 -- KEYS: [1] events, [2] state counts, [3] due, [4] active index, [5] wake, [6] the batch's
 --       pending set, [7..10] the cancel line, [11] schedule, [12] pause, [13] margin,
 --       [14..] record keys
@@ -21,33 +22,50 @@ local R = {
 }
 local L = line_at(KEYS, 7, ARGV, 10, KEYS[4])
 local rank, owner, joins = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1'
-local created, joined = {}, 0
+local lead, watch = tonumber(ARGV[18]), tonumber(ARGV[19])
+local B = nil
+if joins and ARGV[13] == '1' then
+  B = budget_at(KEYS[11], KEYS[12], margin_of(KEYS[13], tonumber(ARGV[16]), tonumber(ARGV[17])),
+    tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[17]), now)
+end
+local out, created, joined = {'ok', '', 0}, {}, 0
+local name, n = clock_us(), 0
 for i = 14, #KEYS do
   local a = 20 + (i - 14) * 4
   local order_id = ARGV[a]
-  if create_record(R, KEYS[i], order_id, ARGV[a + 2], cjson.decode(ARGV[a + 3])) then
+  if not create_record(R, KEYS[i], order_id, ARGV[a + 2], cjson.decode(ARGV[a + 3])) then
+    created[#created + 1] = '0'
+  else
     created[#created + 1] = '1'
-    if joins then
+    local turn = false
+    if B ~= nil and joined == 0 and redis.call('ZCARD', L.owners) == 0 then
+      local slot = slot_of(B, rank > 0)
+      if slot <= now + lead then
+        n = n + 1
+        local member = order_id .. '@' .. name .. '#' .. n
+        book(B, member, slot)
+        redis.call('ZADD', R.due, now + watch, order_id)
+        out[#out + 1], out[#out + 2], out[#out + 3] = order_id, member, slot
+        turn = true
+      end
+    end
+    if joins and not turn then
       join(L, order_id, rank, now, tonumber(ARGV[a + 1]), i - 14, owner, now)
       joined = joined + 1
     end
-  else
-    created[#created + 1] = '0'
   end
 end
-local out = {'ok', table.concat(created), 0}
-if joined > 0 and ARGV[13] == '1' then
-  local B = budget_at(KEYS[11], KEYS[12], margin_of(KEYS[13], tonumber(ARGV[16]),
-    tonumber(ARGV[17])), tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[17]), now)
-  local name, n, blocked = clock_us(), 0, nil
+out[2] = table.concat(created)
+if joined > 0 and B ~= nil then
+  local blocked = nil
   while true do
     n = n + 1
-    local turn, wait = release_one(L, B, now, tonumber(ARGV[18]), false, name .. '#' .. n)
+    local turn, wait = release_one(L, B, now, lead, false, name .. '#' .. n)
     if turn == nil then
       blocked = wait
       break
     end
-    redis.call('ZADD', R.due, now + tonumber(ARGV[19]), turn[1])
+    redis.call('ZADD', R.due, now + watch, turn[1])
     out[#out + 1], out[#out + 2], out[#out + 3] = turn[1], turn[2], turn[3]
   end
   if next_look(L, blocked, now) ~= nil then wake(KEYS[5]) end
