@@ -4,8 +4,10 @@ This is what a user gets without a fleet-wide limiter: each worker node keeps it
 bucket, so N workers may send N times the declared rate. The task sends one signed DELETE
 with the service's own exchange client and records the answer; a 429 is not retried.
 
-Environment: REDIS_URL, COINSWITCH_BASE_URL, COINSWITCH_API_KEY, COINSWITCH_SECRET_KEY, and
-PLAIN_RATE_LIMIT (Celery syntax, default `5/s`: 10/2s expressed per second).
+Environment: REDIS_URL, COINSWITCH_BASE_URL, COINSWITCH_API_KEY, COINSWITCH_SECRET_KEY,
+PLAIN_RATE_LIMIT (Celery syntax, default `5/s`: 10/2s expressed per second; empty: none), and
+PLAIN_AS_SERVICE=1 for Celery configured as cancel-worker's app is (late acks, prefetch 1, task
+events for Flower): the latency benchmark's anchor, "what Celery alone costs".
 Run: `celery -A benchmarks.plain_app worker -Q plain_cancels -P threads -c 4`.
 """
 
@@ -28,7 +30,10 @@ RESULTS_KEY = "plain:results"  # list of "<order_id> <outcome>", one per task ru
 DEFAULT_RATE_LIMIT = "5/s"
 TIMEOUT_S = (3.05, 10.0)
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+#: PLAIN_REDIS_URL (the same Redis by another URL, e.g. the primary behind Sentinels) wins.
+REDIS_URL = os.environ.get("PLAIN_REDIS_URL") or os.environ.get(
+    "REDIS_URL", "redis://localhost:6379/0"
+)
 
 app = Celery("plain_cancel", broker=REDIS_URL)
 app.conf.update(
@@ -38,6 +43,14 @@ app.conf.update(
     task_default_queue=QUEUE,
     worker_hijack_root_logger=False,
 )
+if os.environ.get("PLAIN_AS_SERVICE") == "1":
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
 
 _local = threading.local()
 _results = redis.Redis.from_url(REDIS_URL)  # thread-safe; connects on first use

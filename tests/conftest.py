@@ -129,7 +129,9 @@ def exchange(sandbox: SandboxHandle, redis_url: str) -> Iterator[SandboxHandle]:
     from worker.keys import Keys
 
     client = redis.Redis.from_url(redis_url)
-    client.delete(Keys().spans, Keys().margin)  # a test's network is its own
+    keys = Keys()
+    # A test's network and exchange are its own: nothing learned from earlier tests.
+    client.delete(keys.spans, keys.margin, keys.confirm_times, keys.confirm_delay)
     client.close()
     sandbox.admin.configure(
         fill_race_rate=0.0,

@@ -68,6 +68,28 @@ def test_plain_cancel_ends_cancelled(exchange: SandboxHandle) -> None:
     assert truth(exchange, order_id)["cancel_requests"] == 1
 
 
+def test_the_first_status_read_goes_when_the_exchange_usually_confirms(
+    exchange: SandboxHandle,
+) -> None:
+    """The fleet learns how long the exchange takes to confirm an accepted cancel (200 ms
+    here, from the exchange's own timestamps) and sends an order's first status read then,
+    with headroom (~240 ms), not after a fixed delay: each order is final after one read."""
+    client = redis.Redis.from_url(SERVICE_ENV["REDIS_URL"], decode_responses=True)
+    for _ in range(3):
+        wait_final(request_cancel(place(exchange)).order_id)
+    learned = int(client.get(Keys().confirm_delay) or 0)
+    assert 200 * 1.2 <= learned <= 200 * 1.2 + 5
+    for _ in range(3):
+        order_id = place(exchange)
+        final = wait_final(request_cancel(order_id).order_id)
+        raised = next(h["at"] for h in final.history if h["state"] == "CANCELLATION_RAISED")
+        assert final.state is OrderState.CANCELLED
+        assert truth(exchange, order_id)["status_requests"] == 1
+        # Found final by the first read: learned delay + a turn's hop, never a second read.
+        assert learned <= (final.final_at or 0) - raised < learned + 1000
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("on_cancel", "state"),
     [("fill", OrderState.EXECUTED), ("partial_fill", OrderState.PARTIALLY_EXECUTED)],

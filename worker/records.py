@@ -21,8 +21,10 @@ from typing import Any, Protocol, TypeVar
 
 import redis
 
+from worker.cancellation import confirm_time_ms
 from worker.connection import Replication
 from worker.keys import Keys
+from worker.learning import CONFIRM_LEARNING
 from worker.models import DEFAULT_ACCOUNT, Bucket, CancelRecord, OrderState, Priority
 from worker.scheduler import RELEASE_LEAD_MS, Released, Scheduler
 from worker.scripts import script
@@ -349,6 +351,7 @@ class RecordStore:
             *scheduler.line(account, Bucket.STATUS).keys,
             *scheduler.line(account, Bucket.CLOSED_ORDERS).keys,
             keys.confirm_delay,
+            keys.confirm_times,
         ]
 
     def _effects(
@@ -365,6 +368,9 @@ class RecordStore:
             effects["was"], effects["now"] = current.state.value, stored.state.value
             if stored.is_final:
                 effects["final"] = True
+                confirm_ms = confirm_time_ms(current, stored)
+                if confirm_ms is not None:
+                    effects["learn"] = CONFIRM_LEARNING.args(confirm_ms)
                 elapsed = stored.updated_at - stored.requested_at
                 effects["histogram"] = [
                     f"le:{bound}" for bound in TIME_TO_FINAL_BUCKETS_S if elapsed <= bound * 1000

@@ -43,6 +43,7 @@ import redis
 
 from worker.accounts import AccountInfo
 from worker.keys import Keys
+from worker.learning import Learning
 from worker.models import Bucket, Priority
 from worker.scripts import script
 
@@ -160,12 +161,11 @@ class Scheduler:
         delay_s: float = 0.0,
         since_ms: int | None = None,
         owner: str = "",
-        pipe: Any = None,
     ) -> None:
         """Queue jobs for a turn of this budget (after `delay_s`), most urgent first.
 
         A job ordered by `since_ms` (a cancel: its request time) keeps that place; without
-        it, by when it becomes ready. With `pipe`, queued on that pipeline instead.
+        it, by when it becomes ready.
         """
         line = self.line(account, bucket)
         args = [
@@ -178,7 +178,7 @@ class Scheduler:
         ]
         if len(args) > 7:
             keys = [*line.keys, self.keys.active, self.keys.wake]
-            self._join(keys=keys, args=args, client=pipe or self.client)
+            self._join(keys=keys, args=args)
 
     def upgrade(self, account: str, bucket: Bucket, jobs: Sequence[str], priority: Priority) -> int:
         """Move jobs already waiting to `priority` if it is more urgent; return how many."""
@@ -339,22 +339,19 @@ class Scheduler:
         pipe.execute()
         return len(self._served)
 
-    def observe(self, span_ms: float, *, pipe: Any = None) -> int | None:
+    def observe(self, span_ms: float) -> int:
         """Learn from one request's span, from taking its turn to its answer; return the
-        margin (None when queued on `pipe`)."""
-        result = self._observe(
-            keys=[self.keys.spans, self.keys.margin],
-            args=[
-                max(0, round(span_ms)),
-                SPAN_SAMPLES,
-                self.margin_floor_ms,
-                self.margin_ceiling_ms,
-                MARGIN_HEADROOM,
-                MARGIN_MEMORY_S,
-            ],
-            client=pipe or self.client,
+        margin."""
+        learning = Learning(
+            SPAN_SAMPLES,
+            1.0,
+            MARGIN_HEADROOM,
+            self.margin_floor_ms,
+            self.margin_ceiling_ms,
+            MARGIN_MEMORY_S,
         )
-        return None if pipe is not None else int(result)
+        keys = [self.keys.spans, self.keys.margin]
+        return int(self._observe(keys=keys, args=learning.args(span_ms)))
 
     def margin_ms(self) -> int:
         """The margin every window uses right now."""

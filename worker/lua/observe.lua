@@ -1,17 +1,8 @@
--- Learn from one sample (a request's span, an order's confirm time): keep the fleet's
--- recent samples and set the value derived from the largest, with headroom, within a floor
--- and a ceiling.
+--! uses: learn
+-- Learn from one sample (a request's span, an order's confirm time): see learn.lua.
 -- KEYS: [1] samples list, [2] the learned value
--- ARGV: [1] sample ms, [2] samples kept, [3] floor, [4] ceiling, [5] headroom, [6] memory s
+-- ARGV: [1] sample ms, [2] samples kept, [3] floor, [4] ceiling, [5] headroom, [6] memory s,
+--       [7] quantile (1: the largest)
 -- Returns: the learned value in ms.
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
-local largest = 0
-for _, sample in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if tonumber(sample) > largest then largest = tonumber(sample) end
-end
-local value = math.ceil(largest * tonumber(ARGV[5]))
-value = math.max(tonumber(ARGV[3]), math.min(tonumber(ARGV[4]), value))
-redis.call('SET', KEYS[2], value, 'EX', tonumber(ARGV[6]))
-return value
+return learn(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))

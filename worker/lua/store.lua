@@ -1,4 +1,4 @@
---! uses: common budget lines records confirm
+--! uses: common budget lines records confirm learn
 -- Store a record change Python decided, if the record is still the one it decided from, with
 -- everything that goes with it: the event and state counts of a new state; for a final one,
 -- the end of its watch, its places in lines, its batch's pending entry and the time-to-final
@@ -6,7 +6,7 @@
 -- KEYS: [1] record, [2] events, [3] state counts, [4] due, [5] time-to-final histogram,
 --       [6] confirm, [7] confirm pass, [8] batch pending, [9] lease, [10] active index,
 --       [11] wake, [12..15] cancel line, [16..19] status line, [20..23] closed-orders line,
---       [24] the learned confirm time
+--       [24] the learned confirm delay, [25] the confirm times it is learned from
 -- ARGV: [1] the record decided from, [2] the record to store, [3] TTL s, [4] events maxlen,
 --       [5] effects JSON (see worker.records.Effects), [6..8] cancel line args,
 --       [9..11] status line args, [12..14] closed-orders line args, [15] order id
@@ -35,6 +35,10 @@ if effects.final then
     redis.call('HINCRBY', KEYS[5], 'count', 1)
     redis.call('HINCRBY', KEYS[5], 'sum_ms', effects.elapsed_ms)
   end
+end
+if effects.learn then  -- how long the exchange took to confirm it (worker.learning)
+  local l = effects.learn
+  learn(KEYS[25], KEYS[24], l[1], l[2], l[3], l[4], l[5], l[6], l[7])
 end
 if effects.lease and effects.lease ~= '' and redis.call('GET', KEYS[9]) == effects.lease then
   redis.call('DEL', KEYS[9])

@@ -1,0 +1,478 @@
+"""Benchmark 2: the hot path, a cancel that meets a free budget, beside Celery alone.
+
+Each variant runs in a process of its own (`python -m benchmarks.hotpath VARIANT`: the
+service reads REDIS_URL once), with a fresh Redis, the sandbox in the bench process (cancels
+and status reads 1000/1s: the budget is free) and `cancel-worker worker` (its two Celery
+workers, threads pool):
+- `one`: one redis-server, the default account only;
+- `accounts`: the same with 300 more (idle) accounts configured on the worker;
+- `sentinel`: a primary, a replica and three Sentinels (worker.stack.SentinelLayout): the
+  service confirms each request and each send time on the replica before going on.
+
+One cancel at a time, round by round, each round in a rotating order (so the background
+work one leaves behind, such as the service's status read, falls on each kind alike):
+a. `request_cancel` → the DELETE's arrival at the sandbox (perf_counter, in this process);
+b. a cancel sent by name, `send_task("cancel_worker.cancel_order", [id])`, as a Node.js or
+   Go service does → arrival;
+c. the anchor, Celery alone: a Celery app configured as the service's is (late acks,
+   prefetch 1, task events; benchmarks.plain_app with PLAIN_AS_SERVICE=1) on the same
+   Redis, threads pool -c 4, whose task signs and sends the same DELETE with the same
+   client: `send_task` → arrival;
+d. a direct signed DELETE with requests from this process → arrival;
+and how long the calls (a) and (c) block their caller.
+
+Also, in this process (`one`'s Redis): a hand-out's cost, `Scheduler.release()` with 1, 100
+and 1,000 accounts served, nothing waiting and one cancel waiting; and one cancel's trace:
+the Redis commands it causes, from the request to the DELETE (MONITOR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from benchmarks import fmt
+from benchmarks.common import (
+    ArrivalProbe,
+    BenchError,
+    Processes,
+    apply_env,
+    celery_worker_args,
+    exit_on_sigterm,
+    percentile,
+    place_orders,
+    quiet_logging,
+    say,
+    service_env,
+    wait_until,
+    wait_workers_ready,
+)
+from benchmarks.report import Axes, Figures, Goal, Report, Results, Table
+from tests.redis_server import free_ports, redis_server
+from worker.exchange import ORDER_PATH
+from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
+from worker.signing import Signer
+
+VARIANTS = ("one", "accounts", "sentinel")
+RATE = "1000/1s"  # cancels and status reads: the budget is free
+CONFIRM_DELAY_MS = 200
+IDLE_ACCOUNTS = 300
+WARMUP = 5  # rounds first and not measured (connections, imports, scripts, learning)
+ARRIVAL_TIMEOUT_S = 10.0
+PROCESS_TIMEOUT_S = 600.0
+ANCHOR_CONCURRENCY = 4
+HANDOUT_ACCOUNTS = (1, 100, 1000)
+HANDOUT_CALLS = 200  # release() calls timed per setting
+TRACE_SETTLE_S = 0.3  # MONITOR is attached and quiet before the traced cancel
+KINDS = ("service", "by_name", "anchor", "direct")
+
+
+def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
+    """Each variant in a process of its own, then the hand-out cost; the figures."""
+    procs = Processes(work_dir)
+    variants: dict[str, Any] = {}
+    try:
+        for variant in VARIANTS:
+            out = work_dir / f"hotpath-{variant}.json"
+            args = [sys.executable, "-m", "benchmarks.hotpath", variant, "--out", str(out)]
+            args += ["--log-dir", str(work_dir)] + (["--smoke"] if smoke else [])
+            say(f"hotpath: {variant}")
+            proc = procs.start(f"hotpath-{variant}", args, os.environ)
+            wait_until(lambda: proc.poll() is not None, PROCESS_TIMEOUT_S, f"{variant} to end")
+            if proc.returncode != 0:
+                tail = procs.log_tail(f"hotpath-{variant}")
+                raise BenchError(f"hotpath {variant} exited with {proc.returncode}:\n{tail}")
+            variants[variant] = json.loads(out.read_text())
+    finally:
+        procs.stop_all()
+    return {"variants": variants, "handout": _handout_cost(smoke=smoke)}
+
+
+# ---- one variant, in its own process -------------------------------------------------------
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m benchmarks.hotpath VARIANT --out FILE --log-dir DIR [--smoke]`."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.hotpath")
+    parser.add_argument("variant", choices=VARIANTS)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--log-dir", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    quiet_logging()
+    exit_on_sigterm()
+    rounds = 20 if args.smoke else 200
+    result = measure(args.variant, rounds, args.log_dir / f"hotpath-{args.variant}")
+    args.out.write_text(json.dumps(result))
+    return 0
+
+
+def measure(variant: str, rounds: int, log_dir: Path) -> dict[str, Any]:
+    """Start Redis (or Sentinels), the sandbox, the worker and the anchor; time the rounds."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    api_key, secret_key = generate_keypair()
+    config = SandboxConfig(cancel_limit=RATE, status_limit=RATE, confirm_delay_ms=CONFIRM_DELAY_MS)
+    procs = Processes(log_dir)
+    with ExitStack() as stack:
+        stack.callback(procs.stop_all)
+        redis_url, primary_url = _redis(variant, stack, procs, log_dir)
+        sandbox = stack.enter_context(run_sandbox(config, api_keys=[api_key]))
+        env = service_env(
+            redis_url=redis_url,
+            sandbox_url=sandbox.url,
+            api_key=api_key,
+            secret_key=secret_key,
+            cancel_rate=RATE,
+            status_rate=RATE,
+            PLAIN_REDIS_URL=primary_url,
+            PLAIN_AS_SERVICE="1",
+            PLAIN_RATE_LIMIT="",
+        )
+        apply_env(env)
+        worker_env = {**os.environ, **(_idle_accounts() if variant == "accounts" else {})}
+        supervisor = procs.start("worker", [sys.executable, "-m", "worker.cli", "worker"], worker_env)
+        anchor = celery_worker_args("benchmarks.plain_app", "plain_cancels", "anchor", ANCHOR_CONCURRENCY)
+        procs.start("anchor", anchor, os.environ)
+        from benchmarks import plain_app
+        from worker.celery_app import app
+
+        wait_workers_ready(app, [f"cancels-{supervisor.pid}", f"polls-{supervisor.pid}"], procs)
+        wait_workers_ready(plain_app.app, ["anchor"], procs)
+        probe = ArrivalProbe(sandbox)
+        figures = _rounds(sandbox, probe, rounds, api_key, secret_key)
+        if variant == "one":
+            figures["trace"] = _trace(sandbox, probe, primary_url)
+        return figures
+
+
+def _redis(
+    variant: str, stack: ExitStack, procs: Processes, log_dir: Path
+) -> tuple[str, str]:
+    """REDIS_URL for the service, and the primary's plain URL (for the anchor)."""
+    if variant != "sentinel":
+        url = stack.enter_context(redis_server())
+        return url, url
+    from worker.stack import SentinelLayout, redis_answers, replica_in_sync
+
+    ports = free_ports(5)
+    layout = SentinelLayout(ports[0], ports[1], (ports[2], ports[3], ports[4]))
+    for name, command in layout.commands(log_dir / "sentinel").items():
+        procs.start(name, command, os.environ)
+    wait_until(lambda: redis_answers(layout.redis_url), 30, "the Sentinels' primary")
+    wait_until(lambda: replica_in_sync(layout.replica_port), 30, "the replica")
+    return layout.redis_url, f"redis://127.0.0.1:{layout.primary_port}/0"
+
+
+def _idle_accounts() -> dict[str, str]:
+    """300 more accounts for the worker (keys of their own; none ever cancels)."""
+    names = [f"idle{i:03d}" for i in range(IDLE_ACCOUNTS)]
+    env = {"COINSWITCH_ACCOUNTS": ",".join(names)}
+    for name in names:
+        env[f"COINSWITCH_{name.upper()}_API_KEY"] = secrets.token_hex(32)
+        env[f"COINSWITCH_{name.upper()}_SECRET_KEY"] = secrets.token_hex(32)
+    return env
+
+
+def _rounds(
+    sandbox: SandboxHandle, probe: ArrivalProbe, rounds: int, api_key: str, secret_key: str
+) -> dict[str, Any]:
+    """Every kind once per round, in a rotating order; latencies and call times (ms)."""
+    from benchmarks import plain_app
+    from worker.celery_app import CANCEL_TASK, app
+    from worker.producer import request_cancel
+
+    signer = Signer(api_key, secret_key)
+    session = requests.Session()
+
+    def direct(order_id: str) -> None:
+        body = json.dumps({"exchange": "EXCHANGE_2", "order_id": order_id})
+        headers = signer.headers("DELETE", ORDER_PATH)
+        session.delete(sandbox.url + ORDER_PATH, data=body, headers=headers, timeout=10)
+
+    calls: dict[str, Callable[[str], Any]] = {
+        "service": request_cancel,
+        "by_name": lambda order_id: app.send_task(CANCEL_TASK, args=[order_id]),
+        "anchor": lambda order_id: plain_app.app.send_task(plain_app.TASK_NAME, args=[order_id]),
+        "direct": direct,
+    }
+    latency: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    call_ms: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    order_ids = place_orders(sandbox, (rounds + WARMUP) * len(KINDS))
+    for r in range(rounds + WARMUP):
+        order = KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)]
+        for kind in order:
+            order_id = order_ids.pop()
+            seen = probe.count("cancel")
+            started = time.perf_counter()
+            calls[kind](order_id)
+            returned = time.perf_counter()
+            arrived = probe.wait_for("cancel", seen + 1, ARRIVAL_TIMEOUT_S)
+            if r >= WARMUP:
+                latency[kind].append((arrived - started) * 1000)
+                call_ms[kind].append((returned - started) * 1000)
+    session.close()
+    return {
+        "rounds": rounds,
+        "latency_ms": latency,
+        "call_ms": {kind: call_ms[kind] for kind in ("service", "anchor")},
+        "p50": {kind: percentile(latency[kind], 50) for kind in KINDS},
+        "p90": {kind: percentile(latency[kind], 90) for kind in KINDS},
+        "call_p50": {kind: percentile(call_ms[kind], 50) for kind in ("service", "anchor")},
+    }
+
+
+def _trace(sandbox: SandboxHandle, probe: ArrivalProbe, redis_url: str) -> list[list[Any]]:
+    """One cancel's Redis commands from the request to the DELETE: (ms, client, command)."""
+    from worker.producer import request_cancel
+
+    order_id = place_orders(sandbox, 1)[0]
+    seen: list[dict[str, Any]] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    def monitor() -> None:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        with client.monitor() as feed:
+            ready.set()
+            for command in feed.listen():
+                seen.append(command)
+                if stop.is_set():
+                    return
+
+    thread = threading.Thread(target=monitor, daemon=True)
+    thread.start()
+    ready.wait(5)
+    time.sleep(TRACE_SETTLE_S)  # a settle, not a condition: idle chatter before the cancel
+    count = probe.count("cancel")
+    started = time.time()
+    request_cancel(order_id)
+    probe.wait_for("cancel", count + 1, ARRIVAL_TIMEOUT_S)
+    arrived = time.time()
+    stop.set()
+    redis.Redis.from_url(redis_url).ping()  # one more command ends the listener
+    thread.join(5)
+    clients = {}
+    rows = []
+    for command in seen:
+        if not started <= command["time"] <= arrived or command.get("client_type") == "lua":
+            continue
+        words = command["command"].split()
+        if words[0] in ("MONITOR", "PING") or command["db"] is None:
+            continue
+        client = clients.setdefault(command["client_address"] + command["client_port"], len(clients) + 1)
+        target = words[1] if len(words) > 1 and words[0] != "EVALSHA" else ""
+        rows.append([round((command["time"] - started) * 1000, 2), client, f"{words[0]} {target}".strip()])
+    return rows
+
+
+# ---- the hand-out's cost, in this process ----------------------------------------------------
+
+
+def _handout_cost(*, smoke: bool) -> dict[str, Any]:
+    """release() time (ms, p50) with N accounts served: nothing waiting, and one job."""
+    from tests.support import scheduler_for
+    from worker.keys import Keys
+    from worker.models import Bucket
+    from worker.rates import Rate
+
+    calls = 50 if smoke else HANDOUT_CALLS
+    figures: dict[str, Any] = {"calls": calls, "idle_ms": {}, "one_ms": {}}
+    with redis_server() as url:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        for accounts in HANDOUT_ACCOUNTS:
+            client.flushdb()
+            names = tuple(f"acct{i:04d}" for i in range(accounts))
+            rates = {bucket: Rate(1000, 1.0) for bucket in Bucket}
+            scheduler = scheduler_for(client, Keys("bench"), accounts=names, rates=rates)
+            idle, one = [], []
+            for i in range(calls):
+                started = time.perf_counter()
+                scheduler.release()
+                idle.append((time.perf_counter() - started) * 1000)
+                scheduler.join(names[-1], Bucket.CANCEL, [f"job-{uuid.uuid4().hex}-{i}"])
+                started = time.perf_counter()
+                turns, _ = scheduler.release()
+                one.append((time.perf_counter() - started) * 1000)
+                if len(turns) != 1:
+                    raise BenchError(f"release with {accounts} accounts handed out {len(turns)}")
+            figures["idle_ms"][str(accounts)] = percentile(idle, 50)
+            figures["one_ms"][str(accounts)] = percentile(one, 50)
+        client.close()
+    return figures
+
+
+# ---- its part of the report: goals (2), the (2) section, a latency plot -----------------------
+
+LATENCY_P50_RATIO = 1.3  # ≤ this x Celery alone, p50 (the issue's bound)
+LATENCY_P90_RATIO = 1.6
+CALL_RATIO = 1.3  # request_cancel ≤ this x send_task
+HANDOUT_RATIO = 2.0  # a hand-out with 1,000 accounts ≤ this x with one
+VARIANT_NAMES = {
+    "one": "one Redis",
+    "accounts": f"{IDLE_ACCOUNTS} idle accounts",
+    "sentinel": "Sentinel, replica confirms",
+}
+KIND_NAMES = {
+    "service": "request_cancel",
+    "by_name": "sent by name",
+    "anchor": "Celery alone",
+    "direct": "direct request",
+}
+METHOD = (
+    "- Hot path (2): one cancel at a time, budget free (cancels and status reads 1000/1s), "
+    "each kind once per round in a rotating order, 5 rounds unmeasured; times are "
+    "`perf_counter` in the bench process from the call to the sandbox handler receiving the "
+    "DELETE. Celery alone is benchmarks.plain_app with PLAIN_AS_SERVICE=1: Celery set up as "
+    "the service's app (late acks, prefetch 1, task events), threads pool -c 4, on the same "
+    "Redis, its task signing and sending the same DELETE with the same exchange client. "
+    "`cancel-worker worker` runs its two Celery workers (cancels -c 4, polls -c 8) at INFO. "
+    "The hand-out's cost is `Scheduler.release()` timed in the bench process against a fresh "
+    "redis-server, with N accounts served.",
+)
+
+
+def _ratio_goal(name: str, measured: float, anchor: float, bound: float, what: str) -> Goal:
+    ratio = measured / anchor if anchor else float("nan")
+    return Goal(name, fmt.ms(measured), f"{fmt.ms(anchor)} {what}", ratio, f"≤ {bound:g}", ratio <= bound)
+
+
+def _goals(hp: Figures, results: Results) -> list[Goal]:
+    """(2): the service and a cancel sent by name against Celery alone, p50 and p90, in each
+    variant; the request call against send_task; a hand-out with 1,000 accounts against one."""
+    goals = []
+    for variant, figures in hp["variants"].items():
+        where = VARIANT_NAMES[variant]
+        p50, p90 = figures["p50"], figures["p90"]
+        for kind in ("service", "by_name"):
+            goals.append(
+                _ratio_goal(
+                    f"(2) {KIND_NAMES[kind]} → DELETE p50, {where}",
+                    p50[kind], p50["anchor"], LATENCY_P50_RATIO, "Celery alone",
+                )
+            )  # fmt: skip
+            goals.append(
+                _ratio_goal(
+                    f"(2) {KIND_NAMES[kind]} → DELETE p90, {where}",
+                    p90[kind], p90["anchor"], LATENCY_P90_RATIO, "Celery alone",
+                )
+            )  # fmt: skip
+        call = figures["call_p50"]
+        goals.append(
+            _ratio_goal(
+                f"(2) request_cancel call p50, {where}",
+                call["service"], call["anchor"], CALL_RATIO, "send_task",
+            )
+        )  # fmt: skip
+    one = hp["handout"]["one_ms"]
+    goals.append(
+        _ratio_goal(
+            "(2) a hand-out with 1,000 accounts, p50",
+            one["1000"], one["1"], HANDOUT_RATIO, "with one account",
+        )
+    )  # fmt: skip
+    return goals
+
+
+def _latency_rows(hp: Figures) -> list[list[str]]:
+    rows = []
+    for variant, figures in hp["variants"].items():
+        for kind in KINDS:
+            row = [VARIANT_NAMES[variant], KIND_NAMES[kind]]
+            row += [fmt.ms(figures["p50"][kind]), fmt.ms(figures["p90"][kind])]
+            ratio = figures["p50"][kind] / figures["p50"]["anchor"]
+            rows.append([*row, f"{ratio:.2f}"])
+        call = figures["call_p50"]
+        rows.append(
+            [VARIANT_NAMES[variant], "call: request_cancel / send_task",
+             fmt.ms(call["service"]), fmt.ms(call["anchor"]),
+             f"{call['service'] / call['anchor']:.2f}"]
+        )  # fmt: skip
+    return rows
+
+
+LATENCY_HEADERS = ["variant", "kind", "p50", "p90", "p50 ÷ Celery alone"]
+HANDOUT_HEADERS = ["accounts served", "release(), nothing waiting", "release(), one cancel"]
+
+
+def _handout_rows(hp: Figures) -> list[list[str]]:
+    handout = hp["handout"]
+    return [
+        [f"{int(n):,}", fmt.ms(handout["idle_ms"][n]), fmt.ms(handout["one_ms"][n])]
+        for n in handout["idle_ms"]
+    ]
+
+
+def _tables(hp: Figures, results: Results) -> list[Table]:
+    return [(LATENCY_HEADERS, _latency_rows(hp)), (HANDOUT_HEADERS, _handout_rows(hp))]
+
+
+def _trace_lines(hp: Figures) -> list[str]:
+    trace = hp["variants"].get("one", {}).get("trace", [])
+    if not trace:
+        return []
+    rows = [[f"{at:.2f}", str(client), command] for at, client, command in trace]
+    return [
+        "One cancel's Redis commands, from `request_cancel` to the DELETE (MONITOR; commands "
+        "inside a script not shown; client 1 is usually the caller):",
+        "",
+        fmt.md_table(["ms", "client", "command"], rows),
+        "",
+    ]
+
+
+def _section(hp: Figures, results: Results) -> list[str]:
+    rounds = next(iter(hp["variants"].values()))["rounds"]
+    return [
+        "## (2) The hot path: a cancel that meets a free budget",
+        "",
+        f"{rounds} rounds of one cancel each kind at a time (n per cell = {rounds}); "
+        "Celery alone is the anchor every ratio is measured against, in the same run.",
+        "",
+        fmt.md_table(LATENCY_HEADERS, _latency_rows(hp)),
+        "",
+        "A hand-out's cost as the accounts served grow (`Scheduler.release()`, p50 of "
+        f"{hp['handout']['calls']} calls):",
+        "",
+        fmt.md_table(HANDOUT_HEADERS, _handout_rows(hp)),
+        "",
+        *_trace_lines(hp),
+    ]
+
+
+def _plot(ax: Axes, hp: Figures) -> None:
+    """(2): latency distributions of the plain variant, each kind."""
+    figures = hp["variants"].get("one")
+    if not figures:
+        return
+    for kind in KINDS:
+        values = sorted(figures["latency_ms"][kind])
+        ax.plot(values, [i / len(values) for i in range(len(values))], label=KIND_NAMES[kind])
+    ax.set_title("(2) enqueue → DELETE, one cancel at a time, budget free (CDF)")
+    ax.set_xlabel("ms")
+    ax.set_ylim(bottom=0)
+
+
+REPORT = Report(
+    goals=_goals,
+    section=_section,
+    tables=_tables,
+    panels=(_plot,),
+    goals_note="(2) is a cancel's hot path against Celery alone",
+    method=METHOD,
+)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main())
