@@ -24,6 +24,7 @@ from benchmarks import (
     budget,
     deadman,
     failover,
+    hotpath,
     mass_cancel,
     pipeline,
     report,
@@ -55,6 +56,7 @@ class Benchmark:
 #: Adding one: a module with `run` and `REPORT` (see benchmarks.report), and a line here.
 BENCHMARKS: dict[str, Benchmark] = {
     "budget": Benchmark(budget, 360.0, 120.0),
+    "hotpath": Benchmark(hotpath, 600.0, 200.0),
     "pipeline": Benchmark(pipeline, 300.0, 90.0),
     "producer": Benchmark(throughput, 180.0, 60.0),
     "scheduling": Benchmark(scheduling, 480.0, 180.0),

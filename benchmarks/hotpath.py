@@ -9,9 +9,11 @@ workers, threads pool):
 - `sentinel`: a primary, a replica and three Sentinels (worker.stack.SentinelLayout): the
   service confirms each request and each send time on the replica before going on.
 
-One cancel at a time, round by round, each round in a rotating order (so the background
-work one leaves behind, such as the service's status read, falls on each kind alike):
-a. `request_cancel` → the DELETE's arrival at the sandbox (perf_counter, in this process);
+The sandbox runs in a process of its own (as an exchange would: the strategy's process does
+not serve it), stamping each request's arrival on the machine's monotonic clock, which the
+bench process shares. One cancel at a time, each timed on an idle worker (the one before
+has stored its answer), round by round in a rotating order:
+a. `request_cancel` → the DELETE's arrival at the sandbox (perf_counter);
 b. a cancel sent by name, `send_task("cancel_worker.cancel_order", [id])`, as a Node.js or
    Go service does → arrival;
 c. the anchor, Celery alone: a Celery app configured as the service's is (late acks,
@@ -30,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import queue
 import secrets
 import sys
 import threading
@@ -38,6 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +51,13 @@ import requests
 
 from benchmarks import fmt
 from benchmarks.common import (
-    ArrivalProbe,
+    ORDER_FIELDS,
     BenchError,
     Processes,
     apply_env,
     celery_worker_args,
     exit_on_sigterm,
     percentile,
-    place_orders,
     quiet_logging,
     say,
     service_env,
@@ -63,7 +67,7 @@ from benchmarks.common import (
 from benchmarks.report import Axes, Figures, Goal, Report, Results, Table
 from tests.redis_server import free_ports, redis_server
 from worker.exchange import ORDER_PATH
-from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
+from worker.sandbox import AdminClient, SandboxConfig, generate_keypair, run_sandbox
 from worker.signing import Signer
 
 VARIANTS = ("one", "accounts", "sentinel")
@@ -76,7 +80,7 @@ PROCESS_TIMEOUT_S = 600.0
 ANCHOR_CONCURRENCY = 4
 HANDOUT_ACCOUNTS = (1, 100, 1000)
 HANDOUT_CALLS = 200  # release() calls timed per setting
-TRACE_SETTLE_S = 0.3  # MONITOR is attached and quiet before the traced cancel
+TRACE_SETTLE_S = 1.5  # the earlier cancels' status reads are over before the traced one
 KINDS = ("service", "by_name", "anchor", "direct")
 
 
@@ -91,7 +95,7 @@ def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
             args += ["--log-dir", str(work_dir)] + (["--smoke"] if smoke else [])
             say(f"hotpath: {variant}")
             proc = procs.start(f"hotpath-{variant}", args, os.environ)
-            wait_until(lambda: proc.poll() is not None, PROCESS_TIMEOUT_S, f"{variant} to end")
+            wait_until(_ended(proc), PROCESS_TIMEOUT_S, f"{variant} to end")
             if proc.returncode != 0:
                 tail = procs.log_tail(f"hotpath-{variant}")
                 raise BenchError(f"hotpath {variant} exited with {proc.returncode}:\n{tail}")
@@ -99,6 +103,83 @@ def run(*, smoke: bool, work_dir: Path) -> dict[str, Any]:
     finally:
         procs.stop_all()
     return {"variants": variants, "handout": _handout_cost(smoke=smoke)}
+
+
+class RemoteSandbox:
+    """The sandbox in a child process, with a probe of when each request arrives there.
+
+    The child stamps arrivals with `time.perf_counter` (CLOCK_MONOTONIC on Linux, one clock
+    for every process of the machine) and passes them over a queue.
+    """
+
+    def __init__(self, config: SandboxConfig, api_keys: list[str]) -> None:
+        context = multiprocessing.get_context("fork")  # before this process starts threads
+        self._arrivals: Any = context.Queue()
+        parent, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(config, api_keys, self._arrivals, child), daemon=True
+        )
+        self._process.start()
+        if not parent.poll(ARRIVAL_TIMEOUT_S):
+            raise BenchError("the sandbox process did not start")
+        self.url: str = parent.recv()
+        self.admin = AdminClient(self.url)
+        self._times: dict[str, list[float]] = {}
+
+    def count(self, endpoint: str) -> int:
+        """How many requests to `endpoint` have arrived so far."""
+        self._drain(block_s=0.0)
+        return len(self._times.get(endpoint, []))
+
+    def wait_for(self, endpoint: str, count: int, timeout_s: float) -> float:
+        """Wait until the `count`-th request to `endpoint` has arrived; return its time."""
+        deadline = time.monotonic() + timeout_s
+        while len(self._times.get(endpoint, [])) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{endpoint} request #{count} did not arrive in {timeout_s:g}s")
+            self._drain(block_s=left)
+        return self._times[endpoint][count - 1]
+
+    def _drain(self, *, block_s: float) -> None:
+        try:
+            endpoint, at = (
+                self._arrivals.get(timeout=block_s) if block_s else self._arrivals.get_nowait()
+            )
+        except queue.Empty:
+            return
+        self._times.setdefault(endpoint, []).append(at)
+        while True:
+            try:
+                endpoint, at = self._arrivals.get_nowait()
+            except queue.Empty:
+                return
+            self._times.setdefault(endpoint, []).append(at)
+
+    def stop(self) -> None:
+        """End the sandbox process."""
+        self._process.terminate()
+        self._process.join(ARRIVAL_TIMEOUT_S)
+
+
+def _serve(config: SandboxConfig, api_keys: list[str], arrivals: Any, ready: Any) -> None:
+    """The child: run the sandbox, put every arrival on the queue, until terminated."""
+    quiet_logging()
+    with run_sandbox(config, api_keys=api_keys) as sandbox:
+        stats = sandbox.app.stats
+        original = stats.arrival
+
+        def arrival(endpoint: str, *args: Any, **kwargs: Any) -> Any:
+            arrivals.put((endpoint, time.perf_counter()))
+            return original(endpoint, *args, **kwargs)
+
+        stats.arrival = arrival  # type: ignore[method-assign]  # a probe on this instance only
+        ready.send(sandbox.url)
+        threading.Event().wait()
+
+
+def _ended(proc: Any) -> Callable[[], bool]:
+    return lambda: proc.poll() is not None
 
 
 # ---- one variant, in its own process -------------------------------------------------------
@@ -128,8 +209,9 @@ def measure(variant: str, rounds: int, log_dir: Path) -> dict[str, Any]:
     procs = Processes(log_dir)
     with ExitStack() as stack:
         stack.callback(procs.stop_all)
+        sandbox = RemoteSandbox(config, [api_key])
+        stack.callback(sandbox.stop)
         redis_url, primary_url = _redis(variant, stack, procs, log_dir)
-        sandbox = stack.enter_context(run_sandbox(config, api_keys=[api_key]))
         env = service_env(
             redis_url=redis_url,
             sandbox_url=sandbox.url,
@@ -143,24 +225,25 @@ def measure(variant: str, rounds: int, log_dir: Path) -> dict[str, Any]:
         )
         apply_env(env)
         worker_env = {**os.environ, **(_idle_accounts() if variant == "accounts" else {})}
-        supervisor = procs.start("worker", [sys.executable, "-m", "worker.cli", "worker"], worker_env)
-        anchor = celery_worker_args("benchmarks.plain_app", "plain_cancels", "anchor", ANCHOR_CONCURRENCY)
+        supervisor = procs.start(
+            "worker", [sys.executable, "-m", "worker.cli", "worker"], worker_env
+        )
+        anchor = celery_worker_args(
+            "benchmarks.plain_app", "plain_cancels", "anchor", ANCHOR_CONCURRENCY
+        )
         procs.start("anchor", anchor, os.environ)
         from benchmarks import plain_app
         from worker.celery_app import app
 
         wait_workers_ready(app, [f"cancels-{supervisor.pid}", f"polls-{supervisor.pid}"], procs)
         wait_workers_ready(plain_app.app, ["anchor"], procs)
-        probe = ArrivalProbe(sandbox)
-        figures = _rounds(sandbox, probe, rounds, api_key, secret_key)
+        figures = _rounds(sandbox, rounds, api_key, secret_key)
         if variant == "one":
-            figures["trace"] = _trace(sandbox, probe, primary_url)
+            figures["trace"] = _trace(sandbox, primary_url)
         return figures
 
 
-def _redis(
-    variant: str, stack: ExitStack, procs: Processes, log_dir: Path
-) -> tuple[str, str]:
+def _redis(variant: str, stack: ExitStack, procs: Processes, log_dir: Path) -> tuple[str, str]:
     """REDIS_URL for the service, and the primary's plain URL (for the anchor)."""
     if variant != "sentinel":
         url = stack.enter_context(redis_server())
@@ -186,9 +269,7 @@ def _idle_accounts() -> dict[str, str]:
     return env
 
 
-def _rounds(
-    sandbox: SandboxHandle, probe: ArrivalProbe, rounds: int, api_key: str, secret_key: str
-) -> dict[str, Any]:
+def _rounds(sandbox: RemoteSandbox, rounds: int, api_key: str, secret_key: str) -> dict[str, Any]:
     """Every kind once per round, in a rotating order; latencies and call times (ms)."""
     from benchmarks import plain_app
     from worker.celery_app import CANCEL_TASK, app
@@ -208,21 +289,33 @@ def _rounds(
         "anchor": lambda order_id: plain_app.app.send_task(plain_app.TASK_NAME, args=[order_id]),
         "direct": direct,
     }
+    results = redis.Redis.from_url(plain_app.REDIS_URL)
+    done: dict[str, Callable[[str], bool]] = {
+        "service": lambda order_id: _answer_stored(order_id),
+        "by_name": lambda order_id: _answer_stored(order_id),
+        "anchor": lambda order_id: results.llen(plain_app.RESULTS_KEY) > 0,
+        "direct": lambda order_id: True,
+    }
     latency: dict[str, list[float]] = {kind: [] for kind in KINDS}
     call_ms: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    order_ids = place_orders(sandbox, (rounds + WARMUP) * len(KINDS))
+    order_ids = _place(sandbox, (rounds + WARMUP) * len(KINDS))
     for r in range(rounds + WARMUP):
         order = KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)]
         for kind in order:
             order_id = order_ids.pop()
-            seen = probe.count("cancel")
+            results.delete(plain_app.RESULTS_KEY)
+            seen = sandbox.count("cancel")
             started = time.perf_counter()
             calls[kind](order_id)
             returned = time.perf_counter()
-            arrived = probe.wait_for("cancel", seen + 1, ARRIVAL_TIMEOUT_S)
+            arrived = sandbox.wait_for("cancel", seen + 1, ARRIVAL_TIMEOUT_S)
+            # The next cancel starts once this one's worker stored the answer: each is timed
+            # on an idle worker, whatever the kind before it left behind.
+            wait_until(partial(done[kind], order_id), ARRIVAL_TIMEOUT_S, "the answer")
             if r >= WARMUP:
                 latency[kind].append((arrived - started) * 1000)
                 call_ms[kind].append((returned - started) * 1000)
+    results.close()
     session.close()
     return {
         "rounds": rounds,
@@ -234,11 +327,24 @@ def _rounds(
     }
 
 
-def _trace(sandbox: SandboxHandle, probe: ArrivalProbe, redis_url: str) -> list[list[Any]]:
+def _answer_stored(order_id: str) -> bool:
+    """Whether the service stored the DELETE's answer (the record moved on from QUEUED)."""
+    from worker.producer import get_record
+
+    record = get_record(order_id)
+    return record is not None and record.attempts > 0 and not record.delete_in_flight
+
+
+def _place(sandbox: RemoteSandbox, count: int) -> list[str]:
+    """Open `count` resting LIMIT orders; return their ids."""
+    return [str(sandbox.admin.create_order(**ORDER_FIELDS)["order_id"]) for _ in range(count)]
+
+
+def _trace(sandbox: RemoteSandbox, redis_url: str) -> list[list[Any]]:
     """One cancel's Redis commands from the request to the DELETE: (ms, client, command)."""
     from worker.producer import request_cancel
 
-    order_id = place_orders(sandbox, 1)[0]
+    order_id = _place(sandbox, 1)[0]
     seen: list[dict[str, Any]] = []
     ready, stop = threading.Event(), threading.Event()
 
@@ -255,15 +361,15 @@ def _trace(sandbox: SandboxHandle, probe: ArrivalProbe, redis_url: str) -> list[
     thread.start()
     ready.wait(5)
     time.sleep(TRACE_SETTLE_S)  # a settle, not a condition: idle chatter before the cancel
-    count = probe.count("cancel")
+    count = sandbox.count("cancel")
     started = time.time()
     request_cancel(order_id)
-    probe.wait_for("cancel", count + 1, ARRIVAL_TIMEOUT_S)
+    sandbox.wait_for("cancel", count + 1, ARRIVAL_TIMEOUT_S)
     arrived = time.time()
     stop.set()
     redis.Redis.from_url(redis_url).ping()  # one more command ends the listener
     thread.join(5)
-    clients = {}
+    clients: dict[str, int] = {}
     rows = []
     for command in seen:
         if not started <= command["time"] <= arrived or command.get("client_type") == "lua":
@@ -271,9 +377,13 @@ def _trace(sandbox: SandboxHandle, probe: ArrivalProbe, redis_url: str) -> list[
         words = command["command"].split()
         if words[0] in ("MONITOR", "PING") or command["db"] is None:
             continue
-        client = clients.setdefault(command["client_address"] + command["client_port"], len(clients) + 1)
+        client = clients.setdefault(
+            command["client_address"] + command["client_port"], len(clients) + 1
+        )
         target = words[1] if len(words) > 1 and words[0] != "EVALSHA" else ""
-        rows.append([round((command["time"] - started) * 1000, 2), client, f"{words[0]} {target}".strip()])
+        rows.append(
+            [round((command["time"] - started) * 1000, 2), client, f"{words[0]} {target}".strip()]
+        )
     return rows
 
 
@@ -345,7 +455,9 @@ METHOD = (
 
 def _ratio_goal(name: str, measured: float, anchor: float, bound: float, what: str) -> Goal:
     ratio = measured / anchor if anchor else float("nan")
-    return Goal(name, fmt.ms(measured), f"{fmt.ms(anchor)} {what}", ratio, f"≤ {bound:g}", ratio <= bound)
+    return Goal(
+        name, fmt.ms(measured), f"{fmt.ms(anchor)} {what}", ratio, f"≤ {bound:g}", ratio <= bound
+    )
 
 
 def _goals(hp: Figures, results: Results) -> list[Goal]:

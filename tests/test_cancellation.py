@@ -15,11 +15,11 @@ from worker.cancellation import (
     Reply,
     after_delete,
     after_status,
-    confirm_time_ms,
     put_back,
     still_pending,
 )
 from worker.errors import AuthError, OrderNotFound, OutcomeUnknown, RateLimited, Refused
+from worker.learning import confirm_time_ms
 from worker.models import CancelRecord, ErrorCode, OrderState
 from worker.settings import Settings
 

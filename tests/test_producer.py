@@ -171,3 +171,27 @@ def test_an_account_no_worker_serves_is_refused(own_redis_url: str) -> None:
     client = redis.Redis.from_url(own_redis_url, decode_responses=True)
     assert client.dbsize() == 0
     client.close()
+
+
+def test_the_client_api_loads_none_of_the_worker() -> None:
+    """Importing the client API loads what a request needs and none of the worker's parts
+    (dispatcher, duties, sweeper, dead man's switch, per-order rules, turns), nor Celery or
+    requests (loaded on the first publish, or never), and reads no configuration."""
+    code = (
+        "import sys\n"
+        "from worker import request_cancel, request_cancels, get_record\n"
+        "heavy = ('worker.dispatcher', 'worker.duties', 'worker.sweeper', 'worker.deadman',\n"
+        "         'worker.cancellation', 'worker.turns', 'worker.tasks', 'worker.celery_app',\n"
+        "         'celery', 'requests')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": "redis://localhost:notaport/0"},  # never read here
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -53,7 +53,7 @@ class BatchStore:
                 self.keys.events,
                 self.keys.due,
                 *line.keys,
-                self.keys.active,
+                line.active,
                 self.keys.wake,
             ],
             args=[
@@ -77,7 +77,7 @@ class BatchStore:
     def discard_queued(self, batch: BatchRecord, scheduler: Scheduler) -> bool:
         """Remove a batch nothing has sent yet (its request could not be confirmed)."""
         line = scheduler.line(batch.account, Bucket.CANCEL_ALL)
-        keys = [self.keys.batch(batch.batch_id), self.keys.due, *line.keys, self.keys.active]
+        keys = [self.keys.batch(batch.batch_id), self.keys.due, *line.keys, line.active]
         return bool(self._discard(keys=keys, args=[*line.args, batch.batch_id]))
 
     def get(self, batch_id: str) -> BatchRecord | None:

@@ -280,28 +280,6 @@ def still_pending(
     return Decision(changed, Move.CHECK, delay_s, event)
 
 
-def confirm_time_ms(before: CancelRecord, after: CancelRecord) -> int | None:
-    """How long the exchange took to show an accepted cancel final, if this change tells.
-
-    Best from the exchange's own clock: the final snapshot's `updated_at` after the accepted
-    one's. Else, from ours, only when the first look after acceptance found it final (an
-    upper bound: later looks say more about our back-off than about the exchange).
-    """
-    if before.is_final or not after.is_final or not before.cancel_accepted:
-        return None
-    if after.state is OrderState.FAILED:
-        return None
-    snapshot = before.order or {}
-    accepted, final = snapshot.get("updated_at"), (after.order or {}).get("updated_at")
-    pending = snapshot.get("status") == EXCHANGE_CANCEL_PENDING
-    if pending and isinstance(accepted, int) and isinstance(final, int) and final > accepted:
-        return final - accepted
-    raised = [int(h["at"]) for h in before.history if h["state"] == OrderState.CANCELLATION_RAISED]
-    if before.polls == 0 and raised:
-        return max(0, after.updated_at - raised[-1])
-    return None
-
-
 def put_back(record: CancelRecord) -> Decision:
     """Where an unfinished order whose turn was lost goes: its DELETE if none may have been
     sent, else a status read (which decides the rest)."""

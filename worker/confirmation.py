@@ -119,7 +119,7 @@ def await_many(
             keys.confirm_pass(account),
             *closed.keys,
             *status.keys,
-            keys.active,
+            status.active,
             keys.wake,
         ],
         args=args,

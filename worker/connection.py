@@ -145,6 +145,11 @@ class Replication:
         """Replicas online when last counted (by a script or INFO), without asking Redis."""
         return self._replicas
 
+    @property
+    def none_seen(self) -> bool:
+        """True once replicas were counted (by a script or INFO) and there were none."""
+        return self._replicas == 0 and self._read_at >= 0
+
     def confirmed(self) -> bool:
         """True once every write made before this call is on a replica (or none exist).
 

@@ -65,7 +65,7 @@ class Estimates:
         schedule, pause, stats = scheduler.budget_keys(account, bucket)
         rate = scheduler.accounts[account].rates[bucket]
         reply = self._estimate(
-            keys=[*line.keys, schedule, pause, scheduler.keys.margin, stats, scheduler.keys.active],
+            keys=[*line.keys, schedule, pause, scheduler.keys.margin, stats, line.active],
             args=[
                 *line.args,
                 rate.count,

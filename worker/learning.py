@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from worker.models import EXCHANGE_CANCEL_PENDING, CancelRecord, OrderState
+
 
 @dataclass(frozen=True)
 class Learning:
@@ -45,3 +47,25 @@ class Learning:
 CONFIRM_LEARNING = Learning(
     kept=32, quantile=0.9, headroom=1.2, floor_ms=20, ceiling_ms=5000, memory_s=3600
 )
+
+
+def confirm_time_ms(before: CancelRecord, after: CancelRecord) -> int | None:
+    """How long the exchange took to show an accepted cancel final, if this change tells.
+
+    Best from the exchange's own clock: the final snapshot's `updated_at` after the accepted
+    one's. Else, from ours, only when the first look after acceptance found it final (an
+    upper bound: later looks say more about our back-off than about the exchange).
+    """
+    if before.is_final or not after.is_final or not before.cancel_accepted:
+        return None
+    if after.state is OrderState.FAILED:
+        return None
+    snapshot = before.order or {}
+    accepted, final = snapshot.get("updated_at"), (after.order or {}).get("updated_at")
+    pending = snapshot.get("status") == EXCHANGE_CANCEL_PENDING
+    if pending and isinstance(accepted, int) and isinstance(final, int) and final > accepted:
+        return final - accepted
+    raised = [int(h["at"]) for h in before.history if h["state"] == OrderState.CANCELLATION_RAISED]
+    if before.polls == 0 and raised:
+        return max(0, after.updated_at - raised[-1])
+    return None

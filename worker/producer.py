@@ -20,12 +20,12 @@ on the first publish and the worker's parts (dispatcher, sweeper, rules) never.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
 import structlog
-from kombu.exceptions import KombuError
 
 from worker.errors import BrokerUnavailable, InvalidRequest
 from worker.models import (
@@ -45,10 +45,14 @@ from worker.models import (
     validate_priority,
     validate_symbol,
 )
+from worker.publisher import Prepared
 from worker.records import now_ms
 from worker.scheduler import Released, Scheduler
 from worker.services import Services, get_services
 from worker.settings import redact_url
+
+#: Turns of a request built ahead, at most (how many a free budget could hand out at once).
+PREPARED_TURNS = 10
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +93,7 @@ def request_cancels(
         validate_account(account),
         validate_priority(priority),
         validate_owner(owner) if owner is not None else None,
+        prepare=True,
     )
     publish(services, queued.scheduler, queued.turns)
     return queued.records
@@ -110,9 +115,16 @@ def enqueue(
     account: str,
     priority: Priority,
     owner: str | None = None,
+    *,
+    prepare: bool = False,
 ) -> Enqueued:
     """Record validated ids, put the new ones in line and hand out the free turns (also what
-    a task sent by name does); the caller publishes the turns."""
+    a task sent by name does); the caller publishes the turns.
+
+    With `prepare`, the turns of the first ids are built ahead (worker.publisher), so the
+    request's own call publishes those it hands out: one round trip, when the budget is free
+    and no replica has to confirm the request first (else the turns wait for that).
+    """
     unique = list(dict.fromkeys(ids))
     store = services.store
     where = redact_url(services.settings.redis_url)
@@ -124,6 +136,7 @@ def enqueue(
                 account,
                 "is not configured (COINSWITCH_ACCOUNTS and its keys, on the workers)",
             )
+        ready = _prepared(services, account, unique) if prepare else []
         made = store.create_many(
             unique,
             exchange,
@@ -133,6 +146,7 @@ def enqueue(
             owner=owner,
             watch_at_ms=now_ms() + services.watch_grace_ms,
             replication=services.replication,
+            prepared=ready,
         )
         records, turns = made.records, made.turns
         fresh = [r.order_id for r, new in zip(records, made.created, strict=True) if new]
@@ -169,11 +183,31 @@ def enqueue(
     return Enqueued([by_id[order_id] for order_id in ids], turns, scheduler)
 
 
+def _prepared(services: Services, account: str, ids: list[str]) -> list[Prepared]:
+    """The first ids' turns built ahead, when no replica must confirm the request before its
+    turns go out (none seen); [] if kombu cannot say how it would send them."""
+    if not services.replication.none_seen:
+        return []
+    from kombu.exceptions import KombuError  # loaded with Celery, on the first publish
+
+    turns = [
+        Released(account, Bucket.CANCEL, job, f"{job}@p{uuid.uuid4().hex}", 0)
+        for job in ids[:PREPARED_TURNS]
+    ]
+    try:
+        return services.publisher.prepare(turns)
+    except (redis.RedisError, KombuError) as exc:  # published the usual way instead
+        log.warning("producer.prepare_failed", error=str(exc))
+        return []
+
+
 def publish(services: Services, scheduler: Scheduler, turns: list[Released]) -> None:
     """Publish turns handed out to a request. If the broker fails, the turns are given back
     and their jobs rejoin the line, for a dispatcher to hand out (the request is recorded)."""
     if not turns:
         return
+    from kombu.exceptions import KombuError  # loaded with Celery, on the first publish
+
     try:
         services.publisher.publish(turns)
     except (redis.RedisError, KombuError) as exc:

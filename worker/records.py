@@ -21,11 +21,11 @@ from typing import Any, Protocol, TypeVar
 
 import redis
 
-from worker.cancellation import confirm_time_ms
 from worker.connection import Replication
 from worker.keys import Keys
-from worker.learning import CONFIRM_LEARNING
+from worker.learning import CONFIRM_LEARNING, confirm_time_ms
 from worker.models import DEFAULT_ACCOUNT, Bucket, CancelRecord, OrderState, Priority
+from worker.publisher import Prepared
 from worker.scheduler import RELEASE_LEAD_MS, Released, Scheduler
 from worker.scripts import script
 
@@ -92,8 +92,9 @@ class Created:
 
     records: list[CancelRecord]
     created: list[bool]
-    turns: list[Released]
+    turns: list[Released]  # to publish
     confirmed: bool = True
+    published: list[Released] = field(default_factory=list)  # published by the script
 
 
 class RecordStore:
@@ -149,6 +150,7 @@ class RecordStore:
         accepted: bool = False,
         hand_out: bool = True,
         replication: Replication | None = None,
+        prepared: Sequence[Prepared] = (),
     ) -> Created:
         """Create records for the ids that have none, atomically, in one round trip.
 
@@ -160,7 +162,8 @@ class RecordStore:
         the same script, and with `watch_at_ms` the sweeper watches it from then on, so no
         record exists that nothing would ever look at. Existing records are returned as they
         are. With `replication`, the writes are confirmed on a replica in the same round
-        trip when replicas exist (see Replication.call).
+        trip when replicas exist (see Replication.call). A turn handed out to a job with
+        `prepared` messages is published by the same call (`Created.published`).
         """
         at = now_ms()
         state = OrderState.CANCELLATION_RAISED if accepted else OrderState.QUEUED
@@ -191,7 +194,7 @@ class RecordStore:
             self.keys.events,
             self.keys.state_counts,
             self.keys.due,
-            self.keys.active,
+            line.active,
             self.keys.wake,
             self.keys.batch_pending(batch_id or ""),
             *line.keys,
@@ -217,19 +220,25 @@ class RecordStore:
             event = _event_fields(record, previous=None)
             body = json.dumps(record.to_dict())
             args += [record.order_id, at, body, json.dumps(event)]
+        for ready in prepared:
+            args += [ready.job, ready.member, len(ready.commands)]
+            args += [word for command in ready.commands for word in command]
         if replication is None:
             reply, confirmed = self._request(keys=keys, args=args), True
         else:
             reply, confirmed = replication.call(self._request, keys, args, lambda r: int(r[2]))
         created = [flag == "1" for flag in str(reply[1])]
-        turns = [
-            Released(account, Bucket.CANCEL, str(reply[i]), str(reply[i + 1]), int(reply[i + 2]))
-            for i in range(3, len(reply), 3)
-        ]
+        turns: list[Released] = []
+        published: list[Released] = []
+        for i in range(3, len(reply), 4):
+            turn = Released(
+                account, Bucket.CANCEL, str(reply[i]), str(reply[i + 1]), int(reply[i + 2])
+            )
+            (published if reply[i + 3] == "1" else turns).append(turn)
         pairs = list(zip(fresh, created, strict=True))
         existing = iter(self.get_many([r.order_id for r, made in pairs if not made]))
         records = [r if made else (next(existing) or r) for r, made in pairs]
-        return Created(records, created, turns, confirmed)
+        return Created(records, created, turns, confirmed, published)
 
     def discard_queued(
         self,
@@ -257,7 +266,7 @@ class RecordStore:
             self.keys.state_counts,
             self.keys.due,
             *line.keys,
-            self.keys.active,
+            line.active,
             schedule,
             *map(self.keys.record, order_ids),
         ]
@@ -345,7 +354,7 @@ class RecordStore:
             keys.confirm_pass(account),
             keys.batch_pending(record.batch_id or ""),
             lease[0] if lease else keys.record(""),
-            keys.active,
+            scheduler.line(account, Bucket.CANCEL).active,
             keys.wake,
             *scheduler.line(account, Bucket.CANCEL).keys,
             *scheduler.line(account, Bucket.STATUS).keys,

@@ -79,6 +79,7 @@ class Line:
     bucket: Bucket
     keys: tuple[str, str, str, str]  # owners, later, jobs, clock
     args: tuple[str, str, str]  # budget id, owners' queue prefix, shares
+    active: str  # the index of lines due for a look, which every line's script keeps
 
     def queue(self, owner: str) -> str:
         """The key of one owner's queue in this line."""
@@ -128,11 +129,18 @@ class Scheduler:
         self._served = {
             budget_id(name, bucket): (name, bucket) for name in self.accounts for bucket in Bucket
         }
+        self._lines: dict[tuple[str, Bucket], Line] = {}
 
     # --- lines -----------------------------------------------------------------------------
 
     def line(self, account: str, bucket: Bucket) -> Line:
         """The line of one (account, budget); the account's owners' shares if it is known."""
+        line = self._lines.get((account, bucket))
+        if line is None:
+            line = self._lines[(account, bucket)] = self._line(account, bucket)
+        return line
+
+    def _line(self, account: str, bucket: Bucket) -> Line:
         keys = self.keys
         info = self.accounts.get(account)
         return Line(
@@ -149,6 +157,7 @@ class Scheduler:
                 keys.line_queue(account, bucket, ""),
                 shares_arg(info.shares) if info is not None else "",
             ),
+            keys.active,
         )
 
     def join(
@@ -177,7 +186,7 @@ class Scheduler:
             *jobs,
         ]
         if len(args) > 7:
-            keys = [*line.keys, self.keys.active, self.keys.wake]
+            keys = [*line.keys, line.active, self.keys.wake]
             self._join(keys=keys, args=args)
 
     def upgrade(self, account: str, bucket: Bucket, jobs: Sequence[str], priority: Priority) -> int:
@@ -185,7 +194,7 @@ class Scheduler:
         if not jobs:
             return 0
         line = self.line(account, bucket)
-        keys = [*line.keys, self.keys.active, self.keys.wake]
+        keys = [*line.keys, line.active, self.keys.wake]
         return int(self._upgrade(keys=keys, args=[*line.args, priority.rank, *jobs]))
 
     def forget(self, account: str, bucket: Bucket, jobs: Sequence[str]) -> int:
@@ -193,7 +202,7 @@ class Scheduler:
         if not jobs:
             return 0
         line = self.line(account, bucket)
-        return int(self._forget(keys=[*line.keys, self.keys.active], args=[*line.args, *jobs]))
+        return int(self._forget(keys=[*line.keys, line.active], args=[*line.args, *jobs]))
 
     def waiting(self, lines: Sequence[tuple[str, Bucket, str]]) -> list[bool]:
         """For each (account, budget, job): whether the job waits in that line (one trip)."""

@@ -13,6 +13,7 @@ Each script file is headed by a `KEYS: / ARGV: / Returns:` comment.
 from __future__ import annotations
 
 import functools
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,14 @@ def source(name: str) -> str:
     return "\n".join(parts)
 
 
+_registered: weakref.WeakKeyDictionary[redis.Redis, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 def script(client: redis.Redis, name: str) -> Any:
-    """Script `name` registered on `client` (EVALSHA, loaded into Redis on first use)."""
-    return client.register_script(source(name))
+    """Script `name` registered on `client` (EVALSHA, loaded into Redis on first use), once
+    per client: a turn's script is not hashed again for every turn."""
+    scripts = _registered.setdefault(client, {})
+    found = scripts.get(name)
+    if found is None:
+        found = scripts[name] = client.register_script(source(name))
+    return found

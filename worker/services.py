@@ -158,6 +158,12 @@ class Services:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=HTTP_POOL_SIZE, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        # What requests reads from the environment for every request (proxies, CA bundle),
+        # read once: a scan of os.environ per request is a DELETE's largest Python cost.
+        found = session.merge_environment_settings(self.settings.base_url, {}, None, None, None)
+        session.proxies.update(found["proxies"])
+        session.verify, session.cert = found["verify"], found["cert"]
+        session.trust_env = False
         return session
 
 

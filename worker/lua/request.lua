@@ -11,9 +11,11 @@
 --       [6] rank, [7] owner, [8] "1" to join the line, [9] batch id or "",
 --       [10..12] line args, [13] "1" to hand out turns, [14] limit, [15] period ms,
 --       [16] margin floor, [17] ceiling, [18] lead ms, [19] watch ms, then per record key:
---       order id, request time ms, JSON, event JSON
+--       order id, request time ms, JSON, event JSON; then per prepared turn (a job whose
+--       messages the caller built ahead, worker.publisher.Prepared): job, member, count,
+--       and count Redis commands of 3 words (lpush/publish/pexpire, key or topic, value)
 -- Returns: {"ok", created flags ("1"/"0" per record), replicas, then per turn: job, member,
---          slot}
+--          slot, "1" if its prepared messages were published here}
 local now = clock()
 local R = {
   ttl = tonumber(ARGV[1]), events = KEYS[1], counts = KEYS[2], due = KEYS[3],
@@ -23,6 +25,13 @@ local R = {
 local L = line_at(KEYS, 7, ARGV, 10, KEYS[4])
 local rank, owner, joins = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1'
 local lead, watch = tonumber(ARGV[18]), tonumber(ARGV[19])
+local prepared, a = {}, 20 + (#KEYS - 13) * 4
+while a <= #ARGV do
+  local job, member, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  prepared[job] = {member = member, at = a + 3, count = count}
+  a = a + 3 + count * 3
+end
+local SENDS = {lpush = true, publish = true, pexpire = true}
 local B = nil
 if joins and ARGV[13] == '1' then
   B = budget_at(KEYS[11], KEYS[12], margin_of(KEYS[13], tonumber(ARGV[16]), tonumber(ARGV[17])),
@@ -42,10 +51,18 @@ for i = 14, #KEYS do
       local slot = slot_of(B, rank > 0)
       if slot <= now + lead then
         n = n + 1
-        local member = order_id .. '@' .. name .. '#' .. n
+        local ready, sent = prepared[order_id], '0'
+        local member = ready and ready.member or (order_id .. '@' .. name .. '#' .. n)
         book(B, member, slot)
-        redis.call('ZADD', R.due, now + watch, order_id)
-        out[#out + 1], out[#out + 2], out[#out + 3] = order_id, member, slot
+        if not R.watch_at then redis.call('ZADD', R.due, now + watch, order_id) end
+        if ready then  -- the turn's task and its event, as kombu would have sent them
+          for c = 0, ready.count - 1 do
+            local at = ready.at + c * 3
+            if SENDS[ARGV[at]] then redis.call(ARGV[at], ARGV[at + 1], ARGV[at + 2]) end
+          end
+          sent = '1'
+        end
+        out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = order_id, member, slot, sent
         turn = true
       end
     end
@@ -66,7 +83,8 @@ if joined > 0 and B ~= nil then
       break
     end
     redis.call('ZADD', R.due, now + watch, turn[1])
-    out[#out + 1], out[#out + 2], out[#out + 3] = turn[1], turn[2], turn[3]
+    out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = turn[1], turn[2], turn[3], '0'
+
   end
   if next_look(L, blocked, now) ~= nil then wake(KEYS[5]) end
 elseif joined > 0 then
