@@ -60,6 +60,7 @@ from benchmarks.common import (
 from benchmarks.report import DETAIL_HEADERS, Axes, Figures, Goal, Report, Results, Table
 from tests.redis_server import redis_server
 from tests.support import place_orders
+from worker.confirmation import LIST_FIRST_S
 from worker.rates import parse_rate
 from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
 
@@ -80,9 +81,9 @@ SEED = 12  # the sandbox's fills; every run gets the same sequence
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "DOGEUSDT", "SOLUSDT", "XRPUSDT")
 LIST_SYMBOL = "DOGEUSDT"  # (b): one symbol, as tests/test_mass_cancel.py places them
 EXCHANGE = "EXCHANGE_2"
-#: worker/confirmation.py: a status read waits max(3 s, twice the closed-orders slot
-#: interval) behind the pass it backs up: 6 s at 20/60s, two hours at 1/1h.
-STATUS_BACKSTOP_MIN_S = 3.0
+#: worker/confirmation.py: a status read waits max(LIST_FIRST_S, twice the closed-orders
+#: slot interval) behind the pass it backs up: 6 s at 20/60s, two hours at 1/1h.
+STATUS_BACKSTOP_MIN_S = LIST_FIRST_S
 STATUS_BACKSTOP_INTERVALS = 2
 CANCEL_WORKER_CONCURRENCY = 4
 POLL_WORKER_CONCURRENCY = 4

@@ -11,6 +11,8 @@ from worker.confirmation import (
     CLOCK_SKEW_MS,
     CONFIRM_JOB,
     Scope,
+    await_many,
+    behind_ms,
     confirm_turn,
     parse_page,
     scope_of,
@@ -91,5 +93,45 @@ def test_a_second_pass_within_an_interval_sends_nothing_and_waits_out_the_rest(
         later = built.keys.line_later("default", Bucket.CLOSED_ORDERS)
         ready_at = built.redis.zscore(later, CONFIRM_JOB)
         assert ready_at is not None and ready_at >= now_ms() + 2000
+    finally:
+        built.redis.close()
+
+
+@pytest.mark.parametrize("spent", [False, True], ids=["lists free", "lists spent"])
+def test_a_status_read_waits_behind_a_pass_only_while_the_lists_have_budget(
+    redis_url: str, spent: bool
+) -> None:
+    """Orders awaiting confirmation are offered to a list pass, and their status reads wait
+    behind it; but while the closed-orders budget is spent (the pass cannot come soon), each
+    status read goes when due: waiting behind a pass that cannot run cost the 1,000-order
+    soak about 20 s."""
+    env = {
+        "COINSWITCH_API_KEY": API_KEY,
+        "COINSWITCH_SECRET_KEY": SECRET_KEY,
+        "COINSWITCH_BASE_URL": "http://127.0.0.1:9",
+        "COINSWITCH_CLOSED_ORDERS_RATE_LIMIT": "2/60s",
+    }
+    built = Services(Settings.from_env({**env, "REDIS_URL": unit_url(redis_url)}))
+    built.redis.flushdb()
+    try:
+        scheduler = built.scheduler
+        if spent:
+            for member in ("a", "b"):
+                assert scheduler.commit("default", Bucket.CLOSED_ORDERS, member)[0]
+        records = [record(f"o{i}") for i in range(3)]
+        before = now_ms()
+        await_many(built, scheduler, records, 1.0)
+        later = built.redis.zrange(
+            built.keys.line_later("default", Bucket.STATUS), 0, -1, withscores=True
+        )
+        status_at = {job: at - before for job, at in later}
+        assert set(status_at) == {"o0", "o1", "o2"}
+        behind = behind_ms(scheduler, "default")  # 2 slot intervals of 2/60s: 30 s (its ceiling)
+        for waited in status_at.values():
+            if spent:
+                assert 1000 <= waited < 1000 + 500
+            else:
+                assert 1000 + behind <= waited < 1000 + behind + 500
+        assert built.scheduler.waiting([("default", Bucket.CLOSED_ORDERS, CONFIRM_JOB)]) == [True]
     finally:
         built.redis.close()

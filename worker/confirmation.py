@@ -33,9 +33,12 @@ from worker.settings import Settings
 if TYPE_CHECKING:
     from worker.turns import Turn
 
+CLOSED = Bucket.CLOSED_ORDERS  # the list a pass reads: orders just final are there
 CONFIRM_JOB = "confirm"  # the list pass of one account; `confirm@<to_time>` continues it
 LIST_MIN_ORDERS = 3  # fewer awaiting confirmation: a status read each instead
-LIST_FIRST_S = 3.0  # a status read waits at least this long behind the pass it backs up
+#: A status read waits twice the closed-orders slot interval behind the pass it backs up
+#: (6 s at the real 20/60s), at least long enough for a pass's few page reads, at most 30 s.
+LIST_FIRST_S = 0.5
 LIST_LAST_S = 30.0  # and at most this long, however slow the closed-orders budget
 MAX_ORDERS_PER_PASS = 500  # orders one pass looks for, at most
 MAX_PAGES_PER_PASS = 4  # pages one pass reads before the status reads take over
@@ -84,6 +87,11 @@ def confirm_step(
             "floor_ms": CONFIRM_FLOOR_MS,
             "ceiling_ms": CONFIRM_CEILING_MS,
             "default_ms": round(settings.poll_initial_delay_s * 1000),
+            **(
+                {"lists": lists}
+                if (lists := scheduler.budget_spec(record.account, CLOSED)[1])
+                else {}
+            ),
         },
     )
 
@@ -102,6 +110,7 @@ def await_many(
     keys = services.keys
     closed = scheduler.line(account, Bucket.CLOSED_ORDERS)
     status = scheduler.line(account, Bucket.STATUS)
+    lists = scheduler.budget_spec(account, CLOSED)
     args: list[Any] = [
         *closed.args,
         *status.args,
@@ -110,6 +119,7 @@ def await_many(
         behind_ms(scheduler, account),
         round(delay_s * 1000),
         "0",
+        ",".join(map(str, lists[1])),
     ]
     for record in records:
         args += [record.order_id, Priority(record.priority).rank, record.owner or ""]
@@ -121,6 +131,7 @@ def await_many(
             *status.keys,
             status.active,
             keys.wake,
+            *lists[0],
         ],
         args=args,
     )

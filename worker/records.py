@@ -361,6 +361,7 @@ class RecordStore:
             *scheduler.line(account, Bucket.CLOSED_ORDERS).keys,
             keys.confirm_delay,
             keys.confirm_times,
+            *scheduler.budget_spec(account, Bucket.CLOSED_ORDERS)[0],
         ]
 
     def _effects(

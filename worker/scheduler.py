@@ -290,6 +290,18 @@ class Scheduler:
             keys.bucket_stats(fingerprint, bucket),
         )
 
+    def budget_spec(self, account: str, bucket: Bucket) -> tuple[list[str], list[int]]:
+        """A budget as budget.lua's budget_at reads it: [schedule, pause, margin] and [limit,
+        period ms, margin floor, ceiling]; the second is [] for an account this scheduler
+        does not know (and the keys name no budget)."""
+        if account not in self.accounts:
+            nowhere = self.keys.schedule("-", bucket)
+            return [nowhere, nowhere, self.keys.margin], []
+        schedule, pause, _ = self.budget_keys(account, bucket)
+        rate = self.accounts[account].rates[bucket]
+        spec = [rate.count, rate.period_ms, self.margin_floor_ms, self.margin_ceiling_ms]
+        return [schedule, pause, self.keys.margin], spec
+
     def commit_args(self, account: str, bucket: Bucket, member: str) -> tuple[list[str], list[Any]]:
         """Keys and arguments of a commit (commit.lua; take.lua begins with the same)."""
         rate = self.accounts[account].rates[bucket]

@@ -6,7 +6,8 @@
 -- KEYS: [1] record, [2] events, [3] state counts, [4] due, [5] time-to-final histogram,
 --       [6] confirm, [7] confirm pass, [8] batch pending, [9] lease, [10] active index,
 --       [11] wake, [12..15] cancel line, [16..19] status line, [20..23] closed-orders line,
---       [24] the learned confirm delay, [25] the confirm times it is learned from
+--       [24] the learned confirm delay, [25] the confirm times it is learned from,
+--       [26] the closed-orders budget's schedule, [27] its pause, [28] margin
 -- ARGV: [1] the record decided from, [2] the record to store, [3] TTL s, [4] events maxlen,
 --       [5] effects JSON (see worker.records.Effects), [6..8] cancel line args,
 --       [9..11] status line args, [12..14] closed-orders line args, [15] order id
@@ -60,6 +61,11 @@ if step then
       confirm = KEYS[6], pass = KEYS[7], closed = line_at(KEYS, 20, ARGV, 12, KEYS[10]),
       status = status, job = step.job, min_orders = step.min_orders, behind_ms = step.behind_ms,
     }
+    if step.lists then
+      local l = step.lists
+      C.lists = {schedule = KEYS[26], pause = KEYS[27], margin = KEYS[28], limit = l[1],
+        period = l[2], floor = l[3], ceiling = l[4]}
+    end
     await_confirmation(C, {{order_id, step.rank, step.owner}}, delay, step.looked, now)
   end
   wake(KEYS[11])
