@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import SERVICE_ENV
+from tests.conftest import SANDBOX_CONFIG, SERVICE_ENV
 from tests.support import place_orders, wait_for
 from tests.test_cli import cli
 from worker.deadman import (
@@ -29,6 +30,7 @@ from worker.deadman import (
 from worker.errors import InvalidRequest
 from worker.keys import CANCEL_QUEUE, POLL_QUEUE, Keys
 from worker.models import BatchState
+from worker.owners import track_orders
 from worker.producer import get_batch, get_records
 from worker.sandbox import SandboxConfig, SandboxHandle, generate_keypair, run_sandbox
 from worker.services import get_services
@@ -129,7 +131,10 @@ class Guarded:
         return place_orders(self.sandbox.admin, count, api_key=self.api_key, symbol=symbol)
 
     def cancel_alls(self) -> list[int]:
-        stats = self.sandbox.admin.stats()["endpoints"]["cancel_all"]["by_key"]
+        return self.arrivals("cancel_all")
+
+    def arrivals(self, endpoint: str) -> list[int]:
+        stats = self.sandbox.admin.stats()["endpoints"][endpoint]["by_key"]
         return list(stats.get(self.api_key[:8], {"arrivals_ms": []})["arrivals_ms"])
 
     def status(self, order_id: str) -> str:
@@ -145,7 +150,7 @@ def guarded(own_workers: Callable[..., Any], request: pytest.FixtureRequest) -> 
     seed = zlib.crc32(request.node.nodeid.encode())
     with ExitStack() as stack:
         sandbox = stack.enter_context(
-            run_sandbox(SandboxConfig(confirm_delay_ms=200, seed=seed), api_keys=[api_key])
+            run_sandbox(dataclasses.replace(SANDBOX_CONFIG, port=0, seed=seed), api_keys=[api_key])
         )
         env = {
             "COINSWITCH_BASE_URL": sandbox.url,
@@ -228,6 +233,43 @@ def test_two_switches_fire_independently(guarded: Guarded) -> None:
     assert deadman_status(kept)[0].state is SwitchState.DISARMED
     assert {guarded.status(i) for i in btc} == {"RAISED"}
     assert len(guarded.cancel_alls()) == 1
+
+
+def test_an_owners_switch_cancels_its_orders_and_no_one_elses(guarded: Guarded) -> None:
+    """BTCUSDT holds 12 orders of A and 8 of B, ETHUSDT 10 of A, SOLUSDT 6 of B, all tracked.
+    A's switch (3 s) fires when its beat dies: the first cancel reaches the exchange within
+    timeout + 1.5 s of the last beat; ETHUSDT (only A's) goes by one cancel-all and A's
+    BTCUSDT orders by one DELETE each, urgent; every A order has a final record equal to the
+    exchange's truth within 15 s; no B order is touched; no 429."""
+    a_btc, b_btc = guarded.place(12, "BTCUSDT"), guarded.place(8, "BTCUSDT")
+    a_eth, b_sol = guarded.place(10, "ETHUSDT"), guarded.place(6, "SOLUSDT")
+    track_orders(a_btc + a_eth, "strat-a", guarded.account)
+    track_orders(b_btc + b_sol, "strat-b", guarded.account)
+    name = f"{guarded.account}-a"
+    arm_deadman(name, TIMEOUT_S, account=guarded.account, owner="strat-a")
+    heartbeat(name)
+    last_beat = time.time()
+
+    first = wait_for(lambda: guarded.arrivals("cancel") + guarded.cancel_alls(), 10, "a cancel")
+    assert min(first) / 1000 - last_beat <= TIMEOUT_S + 1.5, min(first) / 1000 - last_beat
+    switch = deadman_status(name)[0]
+    assert switch.state is SwitchState.TRIPPED and len(switch.batches) == 1
+    batch = wait_for(
+        lambda: (b := get_batch(switch.batches[0])) and b.is_final and b, 15, "A's orders final"
+    )
+    assert batch.state is BatchState.DONE and batch.owner == "strat-a", batch
+    assert sorted(batch.orders_ids) == sorted(a_btc) and batch.foreign == []
+    child = get_batch(batch.batches[0])
+    assert len(batch.batches) == 1 and child is not None and child.parent == batch.batch_id
+    assert child.symbol == "ETHUSDT" and sorted(child.orders_ids) == sorted(a_eth)
+    for order_id, record in zip(a_btc + a_eth, get_records(a_btc + a_eth), strict=True):
+        assert record is not None and record.is_final and record.owner == "strat-a"
+        assert record.state.value == guarded.status(order_id)
+    assert {guarded.status(i) for i in b_btc + b_sol} == {"RAISED"}
+    assert len(guarded.arrivals("cancel")) == len(a_btc)  # no DELETE of ETHUSDT's or B's
+    assert len(guarded.cancel_alls()) == 1  # ETHUSDT's: none of BTCUSDT, SOLUSDT or all
+    endpoints = guarded.sandbox.admin.stats()["endpoints"]
+    assert sum(e["rate_limited"] for e in endpoints.values()) == 0
 
 
 def test_a_switch_survives_a_redis_restart_and_fires_for_lost_beats(

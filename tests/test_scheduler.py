@@ -302,3 +302,60 @@ def test_accounts_take_turns_and_urgent_heads_go_first(redis_client: redis.Redis
     scheduler.join("beta", Bucket.CANCEL, ["urgent"], priority=Priority.URGENT)
     turns, _ = scheduler.release()
     assert [t.job for t in turns] == ["urgent", "a000", "b000", "a001"]
+
+
+# --- owners: turns within a line (lines.lua, start-time fair queuing) ----------------------
+
+WIDE = {bucket: Rate(100, 60.0) for bucket in Bucket}  # room for every turn in one release
+
+
+def test_an_owner_with_one_job_waits_one_turn_not_a_backlog(redis_client: redis.Redis) -> None:
+    """An owner's single job, joining behind another owner's 20, gets the next turn but one
+    (the owner already served holds no credit over a newcomer), not the 21st."""
+    scheduler = make(redis_client, rates=WIDE)
+    scheduler.join("default", Bucket.CANCEL, jobs(20, "a"), owner="strat-a")
+    first, _ = scheduler.release()
+    scheduler.join("default", Bucket.CANCEL, jobs(20, "a2"), owner="strat-a")
+    scheduler.join("default", Bucket.CANCEL, ["b000"], owner="strat-b")
+    turns, _ = scheduler.release()
+    order = [t.job for t in turns]
+    assert len(first) == 20 and order.index("b000") <= 1, order
+
+
+def test_owners_alternate_by_their_shares(redis_client: redis.Redis) -> None:
+    """With shares strat-a:3 and strat-b:1 (and jobs with no owner weighing 1), turns go
+    3:1:1 while all three have jobs waiting, each owner's jobs in request order."""
+    scheduler = make(redis_client, rates=WIDE, shares={"strat-a": 3, "strat-b": 1})
+    scheduler.join("default", Bucket.CANCEL, jobs(12, "a"), owner="strat-a")
+    scheduler.join("default", Bucket.CANCEL, jobs(12, "b"), owner="strat-b")
+    scheduler.join("default", Bucket.CANCEL, jobs(12, "n"))
+    turns, _ = scheduler.release()
+    first = [t.job[0] for t in turns[:15]]
+    assert (first.count("a"), first.count("b"), first.count("n")) == (9, 3, 3), first
+    for owner in "abn":
+        mine = [t.job for t in turns if t.job[0] == owner]
+        assert mine == sorted(mine)
+
+
+def test_urgent_goes_first_whatever_the_owner(redis_client: redis.Redis) -> None:
+    """An urgent job of an owner that had many turns still goes before every normal job of
+    an owner that had none."""
+    scheduler = make(redis_client, rates=WIDE)
+    scheduler.join("default", Bucket.CANCEL, jobs(10, "a"), owner="strat-a")
+    scheduler.release()
+    scheduler.join("default", Bucket.CANCEL, jobs(5, "b"), owner="strat-b")
+    scheduler.join(
+        "default", Bucket.CANCEL, ["a-urgent"], owner="strat-a", priority=Priority.URGENT
+    )
+    turns, _ = scheduler.release()
+    assert turns[0].job == "a-urgent"
+
+
+def test_waiting_is_counted_per_owner(redis_client: redis.Redis) -> None:
+    """The line's use says how many jobs each owner has waiting, and how many are urgent."""
+    scheduler = make(redis_client)
+    scheduler.join("default", Bucket.CANCEL, jobs(6, "a"), owner="strat-a")
+    scheduler.join("default", Bucket.CANCEL, ["b"], owner="strat-b", priority=Priority.URGENT)
+    scheduler.join("default", Bucket.CANCEL, ["n"])
+    usage = Estimates(scheduler).usage("default", Bucket.CANCEL)
+    assert usage.owners == {"strat-a": (6, 0), "strat-b": (1, 1), "": (1, 0)}

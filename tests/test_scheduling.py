@@ -91,6 +91,29 @@ def test_an_urgent_cancel_goes_ahead_of_a_backlog(fleet: None, exchange: Sandbox
     assert max(abs(rank[o] - i) for i, o in enumerate(backlog)) <= 12
 
 
+def test_an_owners_single_cancel_waits_a_turn_not_anothers_backlog(
+    fleet: None, exchange: SandboxHandle
+) -> None:
+    """Owner A asks 60 cancels; once 9 DELETEs went out, owner B asks 1: at most 4 of A's
+    DELETEs reach the exchange between B's request and B's DELETE (turns handed out before
+    B asked may still go first), and B's arrives within one window + 1 s of the request
+    (first come first served would put 51 before it, ~10 s), with no 429."""
+    backlog, single = place_orders(exchange.admin, 60), place_orders(exchange.admin, 1)[0]
+    limited = exchange.admin.stats()["endpoints"]["cancel"]["rate_limited"]
+    request_cancels(backlog, owner="strat-a")
+    wait_for(lambda: sum(bool(r and r.attempts) for r in get_records(backlog)) >= 9, 20, "sends")
+    requested_ms = int(time.time() * 1000)
+    request_cancel(single, owner="strat-b")
+    wait_for(lambda: (r := get_record(single)) is not None and r.is_final, 20, "B's final")
+    b_sent = sent_at(exchange, single)
+    assert (b_sent - requested_ms) / 1000 <= PERIOD_MS / 1000 + 1.0, b_sent - requested_ms
+    wait_all_final(backlog, 60)
+    between = [o for o in backlog if requested_ms <= sent_at(exchange, o) < b_sent]
+    assert len(between) <= 4, len(between)
+    assert get_record(single).owner == "strat-b"  # type: ignore[union-attr]
+    assert exchange.admin.stats()["endpoints"]["cancel"]["rate_limited"] == limited
+
+
 def test_accounts_have_budgets_of_their_own(fleet: None, exchange: SandboxHandle) -> None:
     """Accounts default, alpha and beta with backlogs of 30, 30 and 2: each key stays within
     its own limit with no 429, and beta's two cancels finish within 2 slot intervals plus

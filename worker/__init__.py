@@ -2,8 +2,9 @@
 
 `celery -A worker worker` finds the Celery app here; strategy services call
 `request_cancel` / `request_cancels` / `request_cancel_all`, read records with
-`get_record` / `get_records` / `get_batch`, and guard themselves with a dead man's switch
-(`arm_deadman`, `heartbeat`, `disarm`, `deadman_status`).
+`get_record` / `get_records` / `get_batch`, track their orders to a strategy (`track_orders`,
+`owned_orders`), and guard themselves with a dead man's switch (`arm_deadman`, `heartbeat`,
+`disarm`, `deadman_status`).
 Names are loaded on first use, so `cancel-worker sandbox` or `--help` never needs the
 service's configuration, and a bad variable is reported by the command that needs it.
 """
@@ -29,6 +30,9 @@ _EXPORTS = {
     "BatchRecord": "worker.models",
     "BatchState": "worker.models",
     "Priority": "worker.models",
+    "track_orders": "worker.owners",
+    "owned_orders": "worker.owners",
+    "Owned": "worker.owners",
     "arm_deadman": "worker.deadman",
     "heartbeat": "worker.deadman",
     "disarm": "worker.deadman",

@@ -38,6 +38,9 @@ RATE_VARIABLES: Mapping[Bucket, str] = {
     Bucket.CLOSED_ORDERS: "CLOSED_ORDERS_RATE_LIMIT",
 }
 ACCOUNTS_VARIABLE = "COINSWITCH_ACCOUNTS"
+SHARES_SUFFIX = "OWNER_SHARES"  # COINSWITCH_[NAME_]OWNER_SHARES=strat-a:3,strat-b:1
+MAX_SHARE = 1000  # an owner's weight, at most (a share of 1 is one turn in 1,000 of that)
+_SHARE_RE = re.compile(r"([a-z][a-z0-9_-]{0,63}):(\d+)")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -91,6 +94,8 @@ class Account:
     api_key: str | None
     secret_key: Secret | None = field(repr=False)
     rates: Mapping[Bucket, Rate]
+    #: Owners' weights in the account's lines (an owner not named weighs 1).
+    shares: Mapping[str, int] = field(default_factory=dict)
 
     def require_keys(self) -> tuple[str, Secret]:
         """Return (api_key, secret_key) or raise ConfigError naming the missing variable."""
@@ -104,7 +109,9 @@ class Account:
         """The public part, for the scheduler and the registry (needs the API key)."""
         if self.api_key is None:
             raise ConfigError(variable(self.name, "API_KEY"), "is not set")
-        return AccountInfo(self.name, key_fingerprint(self.api_key), self.rates)
+        return AccountInfo(
+            self.name, key_fingerprint(self.api_key), self.rates, shares=dict(self.shares)
+        )
 
 
 def rates_from_env(
@@ -123,6 +130,28 @@ def rates_from_env(
         except ValueError as exc:
             raise ConfigError(name, str(exc)) from None
     return rates
+
+
+def shares_from_env(
+    env: Mapping[str, str], account: str, defaults: Mapping[str, int]
+) -> dict[str, int]:
+    """One account's owner shares: `COINSWITCH_[NAME_]OWNER_SHARES=strat-a:3,strat-b:1`
+    (its own variable where set, else `defaults`)."""
+    name = variable(account, SHARES_SUFFIX)
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return dict(defaults)
+    shares: dict[str, int] = {}
+    for part in raw.split(","):
+        match = _SHARE_RE.fullmatch(part.strip())
+        if match is None or not 1 <= int(match[2]) <= MAX_SHARE:
+            raise ConfigError(
+                name,
+                f"{part.strip()!r} is not an owner's share like strat-a:3 (an owner name, a "
+                f"colon, a whole number 1 to {MAX_SHARE})",
+            )
+        shares[match[1]] = int(match[2])
+    return shares
 
 
 def _key(env: Mapping[str, str], name: str, what: str) -> str | None:
@@ -153,6 +182,7 @@ def accounts_from_env(
             raise ConfigError(ACCOUNTS_VARIABLE, f"{name!r} is listed twice")
         names.append(name)
     accounts: dict[str, Account] = {}
+    default_shares = shares_from_env(env, DEFAULT_ACCOUNT, {})
     for name in [DEFAULT_ACCOUNT, *names]:
         api_key = _key(env, variable(name, "API_KEY"), "an Ed25519 public key")
         secret = _key(env, variable(name, "SECRET_KEY"), "an Ed25519 seed")
@@ -165,6 +195,7 @@ def accounts_from_env(
             api_key=api_key,
             secret_key=Secret(secret) if secret else None,
             rates=rates_from_env(env, name, defaults),
+            shares=shares_from_env(env, name, default_shares),
         )
     return accounts
 

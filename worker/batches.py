@@ -20,6 +20,19 @@ from worker.records import DEFAULT_EVENTS_MAXLEN, now_ms, stamp
 from worker.scheduler import Scheduler
 from worker.scripts import script
 
+SCOPE_JOB = "scope"  # `scope:<batch_id>:<symbol or *>[@to_time#page]`: an owner's list read
+ALL_SYMBOLS = "*"  # a scoped read of every symbol's open orders
+
+
+def first_job(batch: BatchRecord) -> tuple[Bucket, str]:
+    """Where a new batch waits first: its cancel-all turn, or (scoped to an owner) a read of
+    the open orders of its first symbol (`*`: all of them)."""
+    if batch.scoped:
+        target = batch.symbols[0] if batch.symbols else ALL_SYMBOLS
+        return Bucket.OPEN_ORDERS, f"{SCOPE_JOB}:{batch.batch_id}:{target}"
+    return Bucket.CANCEL_ALL, batch.batch_id
+
+
 #: A change to a batch: return the batch to store, or None to leave it as it is.
 BatchChange = Callable[[BatchRecord], BatchRecord | None]
 
@@ -42,11 +55,11 @@ class BatchStore:
         self._create = script(client, "create_batch")
         self._discard = script(client, "discard_batch")
 
-    def create(
-        self, batch: BatchRecord, scheduler: Scheduler, *, watch_at_ms: int, owner: str = ""
-    ) -> bool:
-        """Store a new QUEUED batch and queue it for a cancel-all turn (urgent first)."""
-        line = scheduler.line(batch.account, Bucket.CANCEL_ALL)
+    def create(self, batch: BatchRecord, scheduler: Scheduler, *, watch_at_ms: int) -> bool:
+        """Store a new QUEUED batch and queue it, urgent first: for a cancel-all turn, or
+        scoped to an owner, for a read of the open orders first (worker.mass_cancel)."""
+        bucket, job = first_job(batch)
+        line = scheduler.line(batch.account, bucket)
         created = self._create(
             keys=[
                 self.keys.batch(batch.batch_id),
@@ -69,16 +82,18 @@ class BatchStore:
                 batch.requested_at,
                 watch_at_ms,
                 *line.args,
-                owner,
+                batch.owner or "",
+                job,
             ],
         )
         return bool(created)
 
     def discard_queued(self, batch: BatchRecord, scheduler: Scheduler) -> bool:
         """Remove a batch nothing has sent yet (its request could not be confirmed)."""
-        line = scheduler.line(batch.account, Bucket.CANCEL_ALL)
+        bucket, job = first_job(batch)
+        line = scheduler.line(batch.account, bucket)
         keys = [self.keys.batch(batch.batch_id), self.keys.due, *line.keys, line.active]
-        return bool(self._discard(keys=keys, args=[*line.args, batch.batch_id]))
+        return bool(self._discard(keys=keys, args=[*line.args, batch.batch_id, job]))
 
     def get(self, batch_id: str) -> BatchRecord | None:
         """The record of one batch, or None if unknown (or expired)."""
@@ -90,11 +105,12 @@ class BatchStore:
 
         key = self.keys.batch(batch_id)
         result: list[BatchRecord | None] = [None]
+        ended = [False]  # this change made the batch final
 
         def attempt(pipe: Any) -> None:
             raw = pipe.get(key)
             current = None if raw is None else BatchRecord.from_dict(json.loads(raw))
-            result[0] = current
+            result[0], ended[0] = current, False
             changed = None if current is None else change(BatchRecord.from_dict(json.loads(raw)))
             if current is None or changed is None:
                 return
@@ -105,10 +121,31 @@ class BatchStore:
                 pipe.zrem(self.keys.due, batch_id)
             if changed.state != current.state:
                 self._publish(pipe, changed, current.state)
-            result[0] = changed
+            result[0], ended[0] = changed, changed.is_final and not current.is_final
 
         self.client.transaction(attempt, key)
-        return result[0]
+        batch = result[0]
+        if ended[0] and batch is not None and batch.parent:
+            self._child_ended(batch)
+        return batch
+
+    def _child_ended(self, child: BatchRecord) -> None:
+        """A scoped batch's cancel-all ended: it is no longer pending; a refusal is the
+        parent's error (its owner's orders of that symbol were not cancelled)."""
+        assert child.parent is not None
+        if child.state is BatchState.FAILED:
+            error = dict(child.error or {})
+            error["message"] = f"cancel-all of {child.symbol} failed: {error.get('message', '')}"
+
+            def note(parent: BatchRecord) -> BatchRecord | None:
+                if parent.is_final or parent.error is not None:
+                    return None
+                parent.error = {"code": error.get("code", ""), "message": error["message"][:300]}
+                return parent
+
+            self.update(child.parent, note)
+        self.untrack(child.parent, [child.batch_id])
+        self.finish_if_done(child.parent)
 
     def transition(self, batch_id: str, state: BatchState, **fields: Any) -> BatchRecord | None:
         """Move a batch to `state` (a final batch is left alone); return what is stored."""
@@ -132,19 +169,57 @@ class BatchStore:
         pipe.expire(key, self.ttl_s)
         pipe.execute()
 
+    def name_foreign(self, batch: BatchRecord, foreign: list[dict[str, Any]]) -> None:
+        """Name, in the batch (and its scoped parent) and in one event each, orders of others
+        that its cancel-all moved: [{"order_id", "owner" (None: untracked)}]."""
+
+        def note(record: BatchRecord) -> BatchRecord:
+            known = {f["order_id"] for f in record.foreign}
+            record.foreign += [f for f in foreign if f["order_id"] not in known]
+            return record
+
+        for batch_id in filter(None, (batch.batch_id, batch.parent)):
+            self.update(batch_id, note)
+        pipe = self.client.pipeline(transaction=False)
+        for moved in foreign:
+            pipe.xadd(
+                self.keys.events,
+                {
+                    "kind": "moved",
+                    "order_id": moved["order_id"],
+                    "owner": moved["owner"] or "",
+                    "batch_id": batch.batch_id,
+                    "parent": batch.parent or "",
+                    "by": batch.owner or "",
+                    "account": batch.account,
+                    "symbol": batch.symbol or "",
+                    "at": str(now_ms()),
+                },
+                maxlen=self.events_maxlen,
+                approximate=True,
+            )
+        pipe.execute()
+
+    def untrack(self, batch_id: str, ended: list[str]) -> None:
+        """Forget orders (or a scoped batch's cancel-alls) that are no longer pending."""
+        if ended:
+            self.client.srem(self.keys.batch_pending(batch_id), *ended)
+
     def finish_if_done(self, batch_id: str) -> BatchRecord | None:
-        """Mark an accepted batch DONE once none of its orders is pending; return it if so."""
+        """End an accepted batch once none of its orders is pending: DONE, or FAILED for a
+        scoped batch one of whose cancel-alls was refused; return it if it ended."""
         if self.client.scard(self.keys.batch_pending(batch_id)):
             return None
 
         def change(batch: BatchRecord) -> BatchRecord | None:
             if batch.state is not BatchState.ACCEPTED:
                 return None
-            batch.state = BatchState.DONE
+            failed = batch.scoped and batch.error is not None
+            batch.state = BatchState.FAILED if failed else BatchState.DONE
             return batch
 
-        done = self.update(batch_id, change)
-        return done if done is not None and done.state is BatchState.DONE else None
+        ended = self.update(batch_id, change)
+        return ended if ended is not None and ended.is_final else None
 
     def _publish(self, pipe: Any, batch: BatchRecord, previous: BatchState) -> None:
         pipe.xadd(
@@ -161,6 +236,7 @@ class BatchStore:
                 "at": str(batch.updated_at),
                 "orders": str(len(batch.orders_ids)),
                 "error_code": (batch.error or {}).get("code", ""),
+                "owner": batch.owner or "",
             },
             maxlen=self.events_maxlen,
             approximate=True,

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="urgent: take the next free DELETE slot ahead of every normal cancel",
     )
     cancel.add_argument(
+        "--owner",
+        default=None,
+        help="the strategy the orders belong to, for its share of the budget (an order "
+        "tracked already needs none; it tracks the others)",
+    )
+    cancel.add_argument(
         "--wait",
         action="store_true",
         help="print each state change and when the next send is expected, until every order "
@@ -155,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "budget (10/60s by default). On its turn one POST /futures/cancel_all goes out, and "
         "every order the exchange names gets its own record, confirmed to its final state "
         "(through the order lists first). Without --symbol, every open order of the account "
-        "is cancelled, not only a strategy's own.",
+        "is cancelled, not only a strategy's own; with --owner, only that strategy's.",
         epilog=_exit_codes(
             EXIT_OK,
             EXIT_FAILED,
@@ -167,7 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     cancel_all.add_argument(
-        "--symbol", default=None, help="only this symbol, e.g. BTCUSDT (default: every symbol)"
+        "--symbol",
+        dest="symbols",
+        action="append",
+        default=[],
+        metavar="S",
+        help="only this symbol, e.g. BTCUSDT; repeatable with --owner (none: every symbol)",
+    )
+    cancel_all.add_argument(
+        "--owner",
+        default=None,
+        help="cancel only this strategy's open orders (tracked to it): one cancel-all where a "
+        "symbol holds only its orders, its orders one by one where others' are open too",
     )
     cancel_all.add_argument(
         "--exchange", default=DEFAULT_EXCHANGE, help="futures exchange, any case"
@@ -211,12 +228,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "order_ids",
-        nargs="+",
+        nargs="*",
         metavar="ID",
         help="exchange order id (UUID), or a cancel-all's batch id (batch-<uuid>)",
     )
+    status.add_argument(
+        "--owner",
+        default=None,
+        help="list the orders tracked to this strategy (with --account) and their records",
+    )
+    status.add_argument(
+        "--account", default=DEFAULT_ACCOUNT, help="with --owner: the account of its orders"
+    )
     status.add_argument("--json", action="store_true", help="JSON Lines: one record per ID")
     status.set_defaults(func=_status)
+
+    track = commands.add_parser(
+        "track",
+        help="track orders to a strategy (its share of the budget, its scope for mass actions)",
+        description="Record that these orders belong to OWNER (a strategy's name), all or "
+        "none: its cancels then take turns with other owners' in each budget, and a "
+        "cancel-all or dead man's switch scoped to it touches only its orders. Call it when "
+        "the orders are placed. An order tracked to another owner is refused, naming it. A "
+        "tracked order forgets its owner when its record becomes final (or in 7 days).",
+        epilog=_exit_codes(EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE),
+        formatter_class=_Formatter,
+    )
+    track.add_argument("owner", metavar="OWNER", help="the strategy, e.g. strat-a")
+    track.add_argument("order_ids", nargs="+", metavar="ID", help="exchange order id (UUID)")
+    track.add_argument("--account", default=DEFAULT_ACCOUNT, help="the account of the orders")
+    track.add_argument(
+        "--json", action="store_true", help='one document: {"owner", "account", "tracked", "new"}'
+    )
+    track.set_defaults(func=_track)
 
     limits = commands.add_parser(
         "limits",
@@ -377,6 +421,12 @@ def _add_deadman(commands: Any) -> None:
         help="a symbol to guard, repeatable (none: EVERY open order of the account)",
     )
     arm.add_argument("--account", default=DEFAULT_ACCOUNT, help="the account whose orders")
+    arm.add_argument(
+        "--owner",
+        default=None,
+        help="guard only this strategy's open orders (tracked to it): when it fires, no "
+        "other strategy's order is touched",
+    )
     arm.add_argument("--exchange", default=DEFAULT_EXCHANGE, help="futures exchange")
     arm.add_argument("--json", action="store_true", help="print the switch as JSON")
     arm.set_defaults(func=_deadman_arm)
@@ -469,7 +519,11 @@ def _cancel(args: argparse.Namespace) -> int:
     from worker.services import get_services
 
     records = request_cancels(
-        args.order_ids, args.exchange, account=args.account, priority=args.priority
+        args.order_ids,
+        args.exchange,
+        account=args.account,
+        priority=args.priority,
+        owner=args.owner,
     )
     for record in records:
         show(record, args.json, sys.stdout)
@@ -508,8 +562,17 @@ def _cancel(args: argparse.Namespace) -> int:
 def _cancel_all(args: argparse.Namespace) -> int:
     from worker.producer import get_batch, get_records, request_cancel_all
 
+    if len(args.symbols) > 1 and args.owner is None:
+        raise InvalidRequest(
+            "symbol", args.symbols, "is given more than once: only with --owner (or one batch each)"
+        )
     batch = request_cancel_all(
-        args.exchange, args.symbol, account=args.account, priority=args.priority
+        args.exchange,
+        args.symbols[0] if len(args.symbols) == 1 and args.owner is None else None,
+        account=args.account,
+        priority=args.priority,
+        owner=args.owner,
+        symbols=args.symbols if args.owner is not None else None,
     )
     show_batch(batch, args.json, sys.stdout)
     if not args.wait:
@@ -541,10 +604,53 @@ def _cancel_all(args: argparse.Namespace) -> int:
         time.sleep(WAIT_POLL_INTERVAL_S)
 
 
+def _track(args: argparse.Namespace) -> int:
+    from worker.owners import track_orders
+
+    new = track_orders(args.order_ids, args.owner, args.account)
+    report = {"owner": args.owner, "account": args.account, "tracked": len(args.order_ids)}
+    if args.json:
+        print(json.dumps({**report, "new": new}), flush=True)
+    else:
+        print(f"{args.owner}: {len(args.order_ids)} tracked ({new} new) on {args.account}")
+    return EXIT_OK
+
+
+def _owned(args: argparse.Namespace) -> int:
+    from worker.owners import owned_orders
+    from worker.services import get_services
+
+    estimates = Estimates(get_services().observer())
+    owned = owned_orders(args.owner, args.account)
+    if not owned and not args.json:
+        print(f"no open order is tracked to {args.owner} on {args.account}", flush=True)
+    for item in owned:
+        record = item.record
+        if record is None:
+            if args.json:
+                print(json.dumps({"order_id": item.order_id, "owner": args.owner, "state": None}))
+            else:
+                print(f"{item.order_id}  tracked to {args.owner}, no cancel requested")
+            continue
+        waiting = where(estimates, record)
+        if args.json:
+            print(json.dumps({**record.public(), "waiting": waiting_json(waiting)}), flush=True)
+        else:
+            line = record_line(record)
+            print(line + ("  " + waiting_text(waiting) if waiting else ""), flush=True)
+    return EXIT_OK
+
+
 def _status(args: argparse.Namespace) -> int:
     from worker.producer import get_batch, get_records
     from worker.services import get_services
 
+    if args.owner is not None:
+        if args.order_ids:
+            raise InvalidRequest("ID", args.order_ids, "is not taken with --owner")
+        return _owned(args)
+    if not args.order_ids:
+        raise InvalidRequest("ID", [], "is missing: name an order or batch, or --owner")
     batch_ids = [i for i in args.order_ids if i.startswith(BATCH_PREFIX)]
     batches = {i: get_batch(i) for i in batch_ids}  # validates every batch id first
     order_ids = [i for i in args.order_ids if not i.startswith(BATCH_PREFIX)]
@@ -653,13 +759,18 @@ def _deadman_arm(args: argparse.Namespace) -> int:
     from worker.deadman import arm_deadman
 
     switch = arm_deadman(
-        args.name, args.timeout, args.symbols, account=args.account, exchange=args.exchange
+        args.name,
+        args.timeout,
+        args.symbols,
+        account=args.account,
+        exchange=args.exchange,
+        owner=args.owner,
     )
-    if not switch.symbols:
+    if not switch.symbols and switch.owner is None:
         print(
             f"cancel-worker: warning: {switch.name} guards the whole account "
             f"{switch.account!r}: if it fires, EVERY open order of the account is cancelled, "
-            "not only this strategy's (use --symbol to guard only yours)",
+            "not only this strategy's (use --owner or --symbol to guard only yours)",
             file=sys.stderr,
         )
     _show_switch(switch, args.json)

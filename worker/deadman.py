@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +33,14 @@ import structlog
 
 from worker.errors import BrokerUnavailable, CancelWorkerError, InvalidRequest
 from worker.models import (
-    BATCH_PREFIX,
     DEFAULT_ACCOUNT,
     DEFAULT_EXCHANGE,
     BatchRecord,
     Priority,
+    derived_batch_id,
     validate_account,
     validate_exchange,
+    validate_owner,
     validate_symbol,
 )
 from worker.records import DEFAULT_EVENTS_MAXLEN, now_ms
@@ -51,7 +51,6 @@ from worker.settings import redact_url
 MIN_TIMEOUT_S = 2.0
 MAX_TIMEOUT_S = 3600.0
 FIRING_RETRY_MS = 5000  # a switch claimed this long ago and not tripped yet is fired again
-BATCH_NAMESPACE = uuid.UUID("5c4b1c3e-3f7e-4b0a-9d1e-6a2f0c9b8d21")  # for firing's batch ids
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 log = structlog.get_logger(__name__)
@@ -89,6 +88,7 @@ class Switch:
     tripped_at: int | None
     batches: tuple[str, ...]  # the cancel-alls it sent when it fired
     left_ms: int | None  # until it fires, if armed and beaten in time
+    owner: str | None = None  # guards only this strategy's orders
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (`deadman status --json`)."""
@@ -103,6 +103,7 @@ class Switch:
             "tripped_at": self.tripped_at,
             "batches": list(self.batches),
             "left_ms": self.left_ms,
+            "owner": self.owner,
         }
 
 
@@ -146,6 +147,7 @@ class Deadman:
         symbols: list[str],
         account: str,
         exchange: str,
+        owner: str | None = None,
     ) -> Switch:
         """Arm (or re-arm) a validated switch; it fires if not beaten within `timeout_s`."""
         self.services.require_account(account)
@@ -166,6 +168,7 @@ class Deadman:
                 ",".join(symbols),
                 round(timeout_s * 1000),
                 DEFAULT_EVENTS_MAXLEN,
+                owner or "",
             ],
         )
         if not self.services.replication.confirmed():
@@ -175,14 +178,21 @@ class Deadman:
             )
         switch = self.get(name)
         assert switch is not None
-        if not symbols:
+        if not symbols and owner is None:
             log.warning(
                 "deadman.whole_account",
                 name=name,
                 account=account,
                 note="firing cancels every open order of the account, not only this strategy's",
             )
-        log.info("deadman.armed", name=name, account=account, symbols=symbols, timeout_s=timeout_s)
+        log.info(
+            "deadman.armed",
+            name=name,
+            account=account,
+            symbols=symbols,
+            owner=owner,
+            timeout_s=timeout_s,
+        )
         return switch
 
     def beat(self, name: str) -> int:
@@ -241,6 +251,7 @@ class Deadman:
             tripped_at=int(fields["tripped_at"]) if fields.get("tripped_at") else None,
             batches=tuple(b for b in fields.get("batches", "").split(",") if b),
             left_ms=max(0, int(left)) if state is SwitchState.ARMED and int(left) >= 0 else None,
+            owner=fields.get("owner") or None,
         )
 
     def all(self) -> list[Switch]:
@@ -266,9 +277,12 @@ class Deadman:
         if switch is None or switch.state is not SwitchState.FIRING:
             return []
         batch_ids = []
-        for symbol in switch.symbols or (None,):
-            scope = f"{name}:{switch.armed_at}:{symbol or '*'}"
-            batch_id = f"{BATCH_PREFIX}{uuid.uuid5(BATCH_NAMESPACE, scope)}"
+        # An owner's switch: one batch scoped to its orders, over the symbols it guards;
+        # else a cancel-all per symbol (the whole account when none).
+        scopes = [None] if switch.owner else (switch.symbols or (None,))
+        for symbol in scopes:
+            scope = f"{name}:{switch.armed_at}:{symbol or switch.owner or '*'}"
+            batch_id = derived_batch_id(scope)
             batch = BatchRecord.queued(
                 batch_id,
                 account=switch.account,
@@ -276,6 +290,8 @@ class Deadman:
                 symbol=symbol,
                 priority=Priority.URGENT,
                 at=now_ms(),
+                owner=switch.owner,
+                symbols=list(switch.symbols) if switch.owner else None,
             )
             services.batches.create(
                 batch, services.scheduler, watch_at_ms=now_ms() + services.watch_grace_ms
@@ -322,9 +338,12 @@ def arm_deadman(
     *,
     account: str = DEFAULT_ACCOUNT,
     exchange: str = DEFAULT_EXCHANGE,
+    owner: str | None = None,
 ) -> Switch:
     """Arm a dead man's switch: without a heartbeat for `timeout_s`, cancel the orders of
-    `symbols` (every open order of the account when none) with urgent cancel-alls.
+    `symbols` (every open order of the account when none) with urgent cancel-alls; with
+    `owner`, only that strategy's orders (tracked to it) of those symbols (of every symbol
+    it has open orders in, when none), never another's.
 
     Beat it every timeout ÷ 4 (`heartbeat(name)`) and disarm it before a planned stop.
     Arming a name again re-arms it (a tripped switch included), with the new settings.
@@ -335,8 +354,9 @@ def arm_deadman(
     guarded = list(dict.fromkeys(s for s in chosen if s is not None))
     account = validate_account(account)
     exchange = validate_exchange(exchange)
+    guard = validate_owner(owner) if owner is not None else None
     try:
-        return _deadman().arm(name, timeout, guarded, account, exchange)
+        return _deadman().arm(name, timeout, guarded, account, exchange, guard)
     except redis.RedisError as exc:
         raise _unavailable(exc) from exc
 

@@ -36,6 +36,14 @@ class Keys:
         """String: the JSON record of one cancellation."""
         return f"{self.namespace}:record:{order_id}"
 
+    def owner_of(self, order_id: str) -> str:
+        """String with the record's TTL: the owner (a strategy) an order is tracked to."""
+        return f"{self.namespace}:owner:{order_id}"
+
+    def owned(self, account: str, owner: str) -> str:
+        """Sorted set: the orders tracked to one owner of one account → when tracked (ms)."""
+        return f"{self.namespace}:owned:{account}:{owner}"
+
     def batch(self, batch_id: str) -> str:
         """String: the JSON record of one cancel-all request."""
         return f"{self.namespace}:batch:{batch_id}"

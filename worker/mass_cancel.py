@@ -41,7 +41,9 @@ from worker.models import (
     OrderState,
     Priority,
 )
+from worker.owners import owners_of
 from worker.records import now_ms
+from worker.scoped import sweep_scoped
 from worker.services import Services
 from worker.turns import Turn
 
@@ -171,9 +173,11 @@ def accept(
             joined.append(record)
         elif not record.is_final:
             claimed = _claim(services, record.order_id, batch_id)
-            if claimed is not None and not claimed.is_final:
+            if claimed is not None and not claimed.is_final and claimed.batch_id == batch_id:
                 joined.append(claimed)
     services.batches.track(batch_id, [r.order_id for r in joined])
+    if batch.owner is not None:
+        _name_foreign(services, batch, ids)
     services.batches.transition(
         batch_id,
         BatchState.ACCEPTED,
@@ -194,11 +198,25 @@ def accept(
     services.batches.finish_if_done(batch_id)
 
 
+def _name_foreign(services: Services, batch: BatchRecord, ids: list[str]) -> None:
+    """An owner's cancel-all moved orders that are not its owner's (placed, or tracked to
+    someone else, after the open orders were read): name them, so their owners can act."""
+    foreign = [
+        {"order_id": order_id, "owner": owner}
+        for order_id, owner in owners_of(services, ids).items()
+        if owner != batch.owner
+    ]
+    if foreign:
+        log.warning("cancel_all.moved_foreign", batch_id=batch.batch_id, orders=len(foreign))
+        services.batches.name_foreign(batch, foreign)
+
+
 def _claim(services: Services, order_id: str, batch_id: str) -> CancelRecord | None:
-    """Mark an order already being cancelled on its own as sent by this cancel-all."""
+    """Mark an order already being cancelled on its own as sent by this cancel-all (unless
+    another batch follows it already)."""
 
     def change(record: CancelRecord) -> CancelRecord | None:
-        if record.is_final:
+        if record.is_final or record.batch_id not in (None, batch_id):
             return None
         record.cancel_accepted = True
         record.batch_id = batch_id
@@ -343,6 +361,8 @@ def sweep_batch(services: Services, batch_id: str, waiting_until_ms: int) -> boo
     if batch is None or batch.is_final:
         services.store.unschedule([batch_id])
         return False
+    if batch.scoped and batch.state is BatchState.QUEUED:
+        return sweep_scoped(services, batch, waiting_until_ms)
     if batch.state is BatchState.ACCEPTED:
         if store.finish_if_done(batch_id) is None:
             services.store.schedule_check(batch_id, waiting_until_ms)

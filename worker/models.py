@@ -240,9 +240,17 @@ def validate_symbol(value: object) -> str | None:
     return value.upper()
 
 
+BATCH_NAMESPACE = uuid.UUID("5c4b1c3e-3f7e-4b0a-9d1e-6a2f0c9b8d21")  # for derived batch ids
+
+
 def new_batch_id() -> str:
     """A fresh batch id: `batch-` and a UUID, so it never reads as an order id."""
     return f"{BATCH_PREFIX}{uuid.uuid4()}"
+
+
+def derived_batch_id(*parts: str) -> str:
+    """A batch id that the same parts always give: a retried step creates the same batch."""
+    return f"{BATCH_PREFIX}{uuid.uuid5(BATCH_NAMESPACE, ':'.join(parts))}"
 
 
 def is_batch_id(value: str) -> bool:
@@ -282,10 +290,23 @@ class BatchRecord:
     attempts: int = 0
     error: dict[str, str] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: Scoped to one owner's orders (a strategy's): `symbols` those it covers (empty: every
+    #: symbol it has open orders in), `batches` the cancel-alls it sent (one per symbol
+    #: holding only its orders), `parent` the scoped batch of such a cancel-all.
+    owner: str | None = None
+    symbols: list[str] = field(default_factory=list)
+    batches: list[str] = field(default_factory=list)
+    parent: str | None = None
+    #: Orders of others a cancel-all moved anyway (placed between the list read and the
+    #: call): [{"order_id", "owner"}], so their owners can act.
+    foreign: list[dict[str, Any]] = field(default_factory=list)
     # Bookkeeping, not part of the public record.
     sent_at: int | None = None  # Redis ms of the last cancel-all sent
     in_flight: bool = False  # a cancel-all was sent and its outcome is not known yet
     found: dict[str, Any] = field(default_factory=dict)  # orders a lost one sent, so far
+    seen: dict[str, Any] = field(default_factory=dict)  # a scoped batch's open orders read
+    reading: str | None = None  # a scoped batch's list read in line (its job)
+    plan: dict[str, list[str]] | None = None  # what a scoped batch decided to send
 
     @property
     def is_final(self) -> bool:
@@ -314,8 +335,11 @@ class BatchRecord:
         symbol: str | None,
         priority: Priority,
         at: int,
+        owner: str | None = None,
+        symbols: list[str] | None = None,
+        parent: str | None = None,
     ) -> BatchRecord:
-        """A new batch, waiting for its cancel-all turn."""
+        """A new batch, waiting for its cancel-all turn (or, scoped, its list reads)."""
         return cls(
             batch_id=batch_id,
             account=account,
@@ -326,11 +350,19 @@ class BatchRecord:
             requested_at=at,
             updated_at=at,
             history=[{"state": BatchState.QUEUED.value, "at": at}],
+            owner=owner,
+            symbols=list(symbols or []),
+            parent=parent,
         )
+
+    @property
+    def scoped(self) -> bool:
+        """Scoped to an owner, and not one of its cancel-alls: it reads the lists first."""
+        return self.owner is not None and self.parent is None
 
     def public(self) -> dict[str, Any]:
         """The documented batch record, without internal bookkeeping."""
         data = self.to_dict()
-        for name in ("sent_at", "in_flight", "found"):
+        for name in ("sent_at", "in_flight", "found", "seen", "reading", "plan"):
             data.pop(name)
         return data

@@ -245,19 +245,32 @@ def request_cancel_all(
     *,
     account: str = DEFAULT_ACCOUNT,
     priority: Priority | str = Priority.NORMAL,
+    owner: str | None = None,
+    symbols: Iterable[str] | None = None,
 ) -> BatchRecord:
     """Ask for every open order of `symbol` (or of the whole account) to be cancelled.
 
     One cancel-all call within the account's cancel-all budget; every order the exchange
     names gets its own record and is confirmed to its final state. Returns the batch record
     (QUEUED); `get_batch(batch.batch_id)` follows it.
+
+    With `owner` (a strategy's name), only the open orders tracked to it are cancelled, of
+    `symbols` (or `symbol`; every symbol it has open orders in when none): the open orders
+    are read first, then one cancel-all per symbol holding only its orders and its orders
+    one by one (urgent) where others' are open too; never a whole-account cancel-all.
     """
+    chosen = [validate_symbol(s) for s in ([symbol] if symbol else []) + list(symbols or [])]
+    guarded = list(dict.fromkeys(s for s in chosen if s is not None))
+    if owner is None and len(guarded) > 1:
+        raise InvalidRequest("symbols", guarded, "more than one is taken only with an owner")
     return create_batch(
         get_services(),
         validate_exchange(exchange),
-        validate_symbol(symbol),
+        guarded[0] if guarded and owner is None else None,
         validate_account(account),
         validate_priority(priority),
+        owner=validate_owner(owner) if owner is not None else None,
+        symbols=guarded if owner is not None else None,
     )
 
 
@@ -269,6 +282,8 @@ def create_batch(
     priority: Priority,
     *,
     batch_id: str | None = None,
+    owner: str | None = None,
+    symbols: list[str] | None = None,
 ) -> BatchRecord:
     """Record a validated cancel-all and put it in line (also what a task sent by name does).
 
@@ -282,6 +297,8 @@ def create_batch(
         symbol=symbol,
         priority=priority,
         at=at,
+        owner=owner,
+        symbols=symbols,
     )
     where = redact_url(services.settings.redis_url)
     try:

@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 import redis
 
 from worker.connection import Replication
+from worker.errors import InvalidRequest
 from worker.keys import Keys
 from worker.learning import CONFIRM_LEARNING, confirm_time_ms
 from worker.models import DEFAULT_ACCOUNT, Bucket, CancelRecord, OrderState, Priority
@@ -201,7 +202,12 @@ class RecordStore:
             schedule,
             pause,
             self.keys.margin,
-            *(self.keys.record(r.order_id) for r in fresh),
+            self.keys.owned(account, owner or ""),
+            *(
+                key
+                for r in fresh
+                for key in (self.keys.record(r.order_id), self.keys.owner_of(r.order_id))
+            ),
         ]
         args: list[Any] = [
             self.ttl_s,
@@ -226,11 +232,19 @@ class RecordStore:
         if replication is None:
             reply, confirmed = self._request(keys=keys, args=args), True
         else:
-            reply, confirmed = replication.call(self._request, keys, args, lambda r: int(r[2]))
+            reply, confirmed = replication.call(
+                self._request, keys, args, lambda r: 0 if r[0] == "conflict" else int(r[2])
+            )
+        if reply[0] == "conflict":
+            raise InvalidRequest(
+                "owner", owner, f"order {reply[1]} is tracked to owner {str(reply[2])!r}"
+            )
         created = [flag == "1" for flag in str(reply[1])]
         turns: list[Released] = []
         published: list[Released] = []
-        for i in range(3, len(reply), 4):
+        for record, tracked in zip(fresh, str(reply[3]).split(","), strict=True):
+            record.owner = tracked or None  # a tracked order's owner, told or not
+        for i in range(4, len(reply), 4):
             turn = Released(
                 account, Bucket.CANCEL, str(reply[i]), str(reply[i + 1]), int(reply[i + 2])
             )
@@ -362,6 +376,8 @@ class RecordStore:
             keys.confirm_delay,
             keys.confirm_times,
             *scheduler.budget_spec(account, Bucket.CLOSED_ORDERS)[0],
+            keys.owner_of(record.order_id),
+            keys.owned(account, record.owner or ""),
         ]
 
     def _effects(

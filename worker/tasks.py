@@ -26,6 +26,7 @@ from celery import bootsteps
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
+from worker.batches import SCOPE_JOB
 from worker.cancellation import Decision, Move, unconfirmed
 from worker.celery_app import (
     CANCEL_ALL_TASK,
@@ -39,12 +40,13 @@ from worker.celery_app import (
     POLL_TASK,
     STATUS_TURN_TASK,
     SWEEP_TASK,
+    TRACK_TASK,
     app,
 )
 from worker.confirmation import CONFIRM_JOB, confirm_turn
 from worker.dispatcher import Dispatcher
 from worker.duties import SWEEP_BATCH, Duties
-from worker.errors import InvalidRequest
+from worker.errors import BrokerUnavailable, InvalidRequest
 from worker.mass_cancel import RESOLVE_CLOSED, RESOLVE_OPEN, cancel_all_turn, resolve_turn
 from worker.models import (
     DEFAULT_ACCOUNT,
@@ -63,6 +65,7 @@ from worker.models import (
 from worker.producer import create_batch, enqueue, publish
 from worker.records import now_ms
 from worker.routing import follow
+from worker.scoped import scope_turn
 from worker.services import Services, get_services
 from worker.sweeper import put_back, sweep
 from worker.turns import OrderTurn, Turn
@@ -310,6 +313,8 @@ class BatchMessage:
     account: str = DEFAULT_ACCOUNT
     priority: Priority = Priority.NORMAL
     batch: str | None = None
+    owner: str | None = None
+    symbols: tuple[str, ...] = ()
 
 
 def parse_batch_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> BatchMessage:
@@ -320,7 +325,7 @@ def parse_batch_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> BatchM
         )
     if len(args) > 1:
         raise InvalidRequest("args", list(args), "takes at most 1 argument (exchange)")
-    known = ("exchange", "symbol", "account", "priority", "batch")
+    known = ("exchange", "symbol", "account", "priority", "batch", "owner", "symbols")
     values: dict[str, Any] = dict(zip(("exchange",), args, strict=False))
     for name, value in kwargs.items():
         if name not in known or name in values:
@@ -329,12 +334,17 @@ def parse_batch_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> BatchM
     batch = values.get("batch")
     if batch is not None and not (isinstance(batch, str) and is_batch_id(batch)):
         raise InvalidRequest("batch", batch, "must be a batch id like batch-<uuid>")
+    owner, symbols = values.get("owner"), values.get("symbols", [])
+    if not isinstance(symbols, list) or (symbols and owner is None):
+        raise InvalidRequest("symbols", symbols, "is a list, taken only with an owner")
     return BatchMessage(
         exchange=validate_exchange(values.get("exchange", DEFAULT_EXCHANGE)),
         symbol=validate_symbol(values.get("symbol")),
         account=validate_account(values.get("account", DEFAULT_ACCOUNT)),
         priority=validate_priority(values.get("priority", Priority.NORMAL.value)),
         batch=batch,
+        owner=validate_owner(owner) if owner is not None else None,
+        symbols=tuple(s for s in (validate_symbol(v) for v in symbols) if s is not None),
     )
 
 
@@ -343,9 +353,9 @@ def cancel_all(self: Any, *args: Any, **kwargs: Any) -> str:
     """Cancel every open order of a symbol (or of the account) with one exchange call.
 
     Arguments (JSON): `exchange` (optional, default EXCHANGE_2); keywords `symbol` (e.g.
-    BTCUSDT; none = every symbol), `account`, `priority`, and `batch` (optional: the id to
-    record it under, `batch-<uuid>`; the same id twice is one batch). It records the batch
-    and queues it; on its turn the cancel-all is sent.
+    BTCUSDT; none = every symbol), `account`, `priority`, `batch` (optional: the id to
+    record it under, `batch-<uuid>`; the same id twice is one batch), and `owner` with
+    `symbols` (a list): only that strategy's orders. It records the batch and queues it.
     """
     try:
         message = parse_batch_message(args, kwargs)
@@ -356,13 +366,17 @@ def cancel_all(self: Any, *args: Any, **kwargs: Any) -> str:
     context = {"batch_id": message.batch, "task_id": self.request.id, "account": message.account}
     with structlog.contextvars.bound_contextvars(**context):
         try:
+            scoped = message.owner is not None
+            guarded = [*([message.symbol] if message.symbol else []), *message.symbols]
             batch = create_batch(
                 services,
                 message.exchange,
-                message.symbol,
+                None if scoped else message.symbol,
                 message.account,
                 message.priority,
                 batch_id=message.batch,
+                owner=message.owner,
+                symbols=list(dict.fromkeys(guarded)) if scoped else None,
             )
             return batch.batch_id
         except InvalidRequest as exc:
@@ -390,8 +404,9 @@ def cancel_all_turn_task(self: Any, *, batch: str, account: str, turn: str) -> s
 
 @app.task(name=LIST_TASK, bind=True)
 def list_orders(self: Any, *, job: str, account: str, bucket: str, turn: str) -> str:
-    """Use a turn of an order-list budget: a confirmation pass, or finding out what a lost
-    cancel-all did (internal: published only by the scheduler's hand-outs)."""
+    """Use a turn of an order-list budget: a confirmation pass, finding out what a lost
+    cancel-all did, or an owner's cancel-all reading the open orders (internal: published
+    only by the scheduler's hand-outs)."""
     services = get_services()
     budget = Bucket(bucket)
     with structlog.contextvars.bound_contextvars(job=job, task_id=self.request.id, account=account):
@@ -401,6 +416,8 @@ def list_orders(self: Any, *, job: str, account: str, bucket: str, turn: str) ->
                 confirm_turn(services, account, job, held)
             elif job.startswith((RESOLVE_OPEN, RESOLVE_CLOSED)):
                 resolve_turn(services, job, held)
+            elif job.startswith(f"{SCOPE_JOB}:"):
+                scope_turn(services, job, held, worker=_owner(self))
             else:
                 log.error("task.unknown_list_job", job=job)
         except (redis.RedisError, OperationalError) as exc:
@@ -410,13 +427,38 @@ def list_orders(self: Any, *, job: str, account: str, bucket: str, turn: str) ->
     return "done"
 
 
+@app.task(name=TRACK_TASK, bind=True)
+def track_orders_task(self: Any, *args: Any, **kwargs: Any) -> str:
+    """Track orders to an owner (a strategy), for producers without Python.
+
+    Keywords (JSON): `order_ids` (a list), `owner`, `account` (optional). Returns how many
+    were new; an order tracked to another owner dead-letters the message (nothing tracked).
+    """
+    from worker.owners import track_orders
+
+    try:
+        if args:
+            raise InvalidRequest("args", list(args), "takes keywords only")
+        known = _deadman_kwargs(kwargs, ("order_ids", "owner", "account"))
+        ids = known.get("order_ids")
+        if not isinstance(ids, list):
+            raise InvalidRequest("order_ids", ids, "must be a list of order ids")
+        tracked = track_orders(ids, known.get("owner", ""), known.get("account", DEFAULT_ACCOUNT))
+    except InvalidRequest as exc:
+        _dead_letter(self, exc)
+        return "dead_letter"
+    except BrokerUnavailable as exc:
+        _redis_down(exc)
+    return str(tracked)
+
+
 @app.task(name=DEADMAN_ARM_TASK, bind=True)
 def deadman_arm_task(self: Any, *args: Any, **kwargs: Any) -> str:
     """Arm a dead man's switch (for producers without Python).
 
     Keywords (JSON): `name`, `timeout_s` (2 to 3600), `symbols` (list; none: every symbol of
-    the account), `account`, `exchange`. Beat it with the Redis command in the README, or
-    with `cancel_worker.deadman_heartbeat`.
+    the account), `account`, `exchange`, `owner` (only that strategy's orders). Beat it with
+    the Redis command in the README, or with `cancel_worker.deadman_heartbeat`.
     """
     from worker.deadman import arm_deadman
 
@@ -424,7 +466,9 @@ def deadman_arm_task(self: Any, *args: Any, **kwargs: Any) -> str:
         if args:
             raise InvalidRequest("args", list(args), "takes keywords only")
         switch = arm_deadman(
-            **_deadman_kwargs(kwargs, ("name", "timeout_s", "symbols", "account", "exchange"))
+            **_deadman_kwargs(
+                kwargs, ("name", "timeout_s", "symbols", "account", "exchange", "owner")
+            )
         )
     except (InvalidRequest, TypeError) as exc:
         _dead_letter(

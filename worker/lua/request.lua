@@ -4,9 +4,12 @@
 -- has room and nobody waits in its line (a free budget: no line, no dispatcher, no wait);
 -- the others join the line, whose free turns are then handed out too. Jobs left waiting
 -- wake one dispatcher.
+-- An order tracked to an owner (track.lua) goes in line as that owner's; an owner given
+-- with the request tracks the orders not tracked yet, and is refused (nothing written) for
+-- an order tracked to another.
 -- KEYS: [1] events, [2] state counts, [3] due, [4] active index, [5] wake, [6] the batch's
 --       pending set, [7..10] the cancel line, [11] schedule, [12] pause, [13] margin,
---       [14..] record keys
+--       [14] the given owner's set of orders, then per order: record key, owner key
 -- ARGV: [1] record TTL s, [2] watch-at ms or "", [3] events maxlen, [4] account, [5] state,
 --       [6] rank, [7] owner, [8] "1" to join the line, [9] batch id or "",
 --       [10..12] line args, [13] "1" to hand out turns, [14] limit, [15] period ms,
@@ -14,8 +17,9 @@
 --       order id, request time ms, JSON, event JSON; then per prepared turn (a job whose
 --       messages the caller built ahead, worker.publisher.Prepared): job, member, count,
 --       and count Redis commands of 3 words (lpush/publish/pexpire, key or topic, value)
--- Returns: {"ok", created flags ("1"/"0" per record), replicas, then per turn: job, member,
---          slot, "1" if its prepared messages were published here}
+-- Returns: {"ok", created flags ("1"/"0" per record), replicas, each record's owner (","
+--          between), then per turn: job, member, slot, "1" if its prepared messages were
+--          published here}; or {"conflict", order id, the owner it is tracked to}
 local now = clock()
 local R = {
   ttl = tonumber(ARGV[1]), events = KEYS[1], counts = KEYS[2], due = KEYS[3],
@@ -23,9 +27,18 @@ local R = {
   watch_at = ARGV[2] ~= '' and tonumber(ARGV[2]) or nil,
 }
 local L = line_at(KEYS, 7, ARGV, 10, KEYS[4])
-local rank, owner, joins = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1'
+local rank, joins = tonumber(ARGV[6]), ARGV[8] == '1'
 local lead, watch = tonumber(ARGV[18]), tonumber(ARGV[19])
-local prepared, a = {}, 20 + (#KEYS - 13) * 4
+local records = (#KEYS - 14) / 2
+local given, owners = ARGV[7], {}
+for r = 1, records do
+  local tracked = redis.call('GET', KEYS[14 + r * 2])
+  if tracked and given ~= '' and tracked ~= given then
+    return {'conflict', ARGV[20 + (r - 1) * 4], tracked}
+  end
+  owners[r] = tracked or given
+end
+local prepared, a = {}, 20 + records * 4
 while a <= #ARGV do
   local job, member, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   prepared[job] = {member = member, at = a + 3, count = count}
@@ -37,12 +50,22 @@ if joins and ARGV[13] == '1' then
   B = budget_at(KEYS[11], KEYS[12], margin_of(KEYS[13], tonumber(ARGV[16]), tonumber(ARGV[17])),
     tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[17]), now)
 end
-local out, created, joined = {'ok', '', 0}, {}, 0
+local out, created, joined = {'ok', '', 0, ''}, {}, 0
 local name, n = clock_us(), 0
-for i = 14, #KEYS do
-  local a = 20 + (i - 14) * 4
-  local order_id = ARGV[a]
-  if not create_record(R, KEYS[i], order_id, ARGV[a + 2], cjson.decode(ARGV[a + 3])) then
+for r = 1, records do
+  local a = 20 + (r - 1) * 4
+  local order_id, owner, body, event = ARGV[a], owners[r], ARGV[a + 2], cjson.decode(ARGV[a + 3])
+  if owner ~= given then  -- tracked to its owner: the new record says so (it is ours: no [])
+    local record = cjson.decode(body)
+    record.owner = owner
+    body, event[#event] = cjson.encode(record), owner
+  end
+  if owner ~= '' and owner == given and redis.call('EXISTS', KEYS[14 + r * 2]) == 0 then
+    redis.call('SET', KEYS[14 + r * 2], owner, 'EX', R.ttl)  -- the request tracks it
+    redis.call('ZADD', KEYS[14], 'NX', now, order_id)
+    redis.call('EXPIRE', KEYS[14], R.ttl)
+  end
+  if not create_record(R, KEYS[13 + r * 2], order_id, body, event) then
     created[#created + 1] = '0'
   else
     created[#created + 1] = '1'
@@ -67,12 +90,12 @@ for i = 14, #KEYS do
       end
     end
     if joins and not turn then
-      join(L, order_id, rank, now, tonumber(ARGV[a + 1]), i - 14, owner, now)
+      join(L, order_id, rank, now, tonumber(ARGV[a + 1]), r - 1, owner, now)
       joined = joined + 1
     end
   end
 end
-out[2] = table.concat(created)
+out[2], out[4] = table.concat(created), table.concat(owners, ',')
 if joined > 0 and B ~= nil then
   local blocked = nil
   while true do

@@ -7,7 +7,8 @@
 --       [6] confirm, [7] confirm pass, [8] batch pending, [9] lease, [10] active index,
 --       [11] wake, [12..15] cancel line, [16..19] status line, [20..23] closed-orders line,
 --       [24] the learned confirm delay, [25] the confirm times it is learned from,
---       [26] the closed-orders budget's schedule, [27] its pause, [28] margin
+--       [26] the closed-orders budget's schedule, [27] its pause, [28] margin, [29] the
+--       order's owner key, [30] its owner's set of orders
 -- ARGV: [1] the record decided from, [2] the record to store, [3] TTL s, [4] events maxlen,
 --       [5] effects JSON (see worker.records.Effects), [6..8] cancel line args,
 --       [9..11] status line args, [12..14] closed-orders line args, [15] order id
@@ -31,6 +32,8 @@ if effects.final then
   redis.call('SREM', KEYS[8], order_id)
   forget(cancel, order_id)
   forget(status, order_id)
+  redis.call('DEL', KEYS[29])  -- a final order forgets its owner
+  redis.call('ZREM', KEYS[30], order_id)
   for _, field in ipairs(effects.histogram or {}) do redis.call('HINCRBY', KEYS[5], field, 1) end
   if effects.histogram then
     redis.call('HINCRBY', KEYS[5], 'count', 1)
