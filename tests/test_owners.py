@@ -4,6 +4,7 @@ can be read exactly as it left it."""
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Iterator
@@ -115,3 +116,20 @@ def test_bad_owner_input_exits_2_naming_it(args: list[str], named: str) -> None:
     result = cli(*args)
     assert result.returncode == 2, result.stderr
     assert named in result.stderr
+
+
+def test_the_cli_tracks_and_lists_an_owners_orders() -> None:
+    """`track` tracks ids to an owner (JSON: one document), `status --owner --json` lists
+    them, and tracking one to another owner exits 2 naming the owner it has."""
+    ids = order_ids(2, SEED + 5)
+    tracked = cli("track", "strat-cli", *ids, "--json")
+    assert tracked.returncode == 0, tracked.stderr
+    assert json.loads(tracked.stdout) == {
+        "owner": "strat-cli", "account": "default", "tracked": 2, "new": 2
+    }  # fmt: skip
+    listed = cli("status", "--owner", "strat-cli", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {r["order_id"] for r in rows} == set(ids) and {r["state"] for r in rows} == {None}
+    refused = cli("track", "strat-other", ids[0])
+    assert refused.returncode == 2 and "'strat-cli'" in refused.stderr

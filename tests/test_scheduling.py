@@ -97,13 +97,18 @@ def test_an_owners_single_cancel_waits_a_turn_not_anothers_backlog(
     """Owner A asks 60 cancels; once 9 DELETEs went out, owner B asks 1: at most 4 of A's
     DELETEs reach the exchange between B's request and B's DELETE (turns handed out before
     B asked may still go first), and B's arrives within one window + 1 s of the request
-    (first come first served would put 51 before it, ~10 s), with no 429."""
+    (first come first served would put 51 before it, ~10 s), with no 429; meanwhile
+    `limits` shows A's backlog as A's."""
     backlog, single = place_orders(exchange.admin, 60), place_orders(exchange.admin, 1)[0]
     limited = exchange.admin.stats()["endpoints"]["cancel"]["rate_limited"]
     request_cancels(backlog, owner="strat-a")
     wait_for(lambda: sum(bool(r and r.attempts) for r in get_records(backlog)) >= 9, 20, "sends")
     requested_ms = int(time.time() * 1000)
     request_cancel(single, owner="strat-b")
+    rows = json.loads(cli("limits", "--json").stdout)["budgets"]
+    line = next(r for r in rows if r["account"] == "default" and r["bucket"] == "cancel")
+    waiting = {o["owner"]: o["waiting"] for o in line["owners"]}
+    assert waiting.get("strat-a", 0) >= 20, line  # `limits` says whose cancels wait
     wait_for(lambda: (r := get_record(single)) is not None and r.is_final, 20, "B's final")
     b_sent = sent_at(exchange, single)
     assert (b_sent - requested_ms) / 1000 <= PERIOD_MS / 1000 + 1.0, b_sent - requested_ms

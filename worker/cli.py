@@ -698,6 +698,10 @@ def _limits(args: argparse.Namespace) -> int:
         for bucket in Bucket:
             row = {**estimates.usage(account, bucket).__dict__, "bucket": bucket.value}
             row.pop("margin_ms")  # the same for every budget: in "margin"
+            row["owners"] = [
+                {"owner": owner or None, "waiting": waiting, "urgent": urgent}
+                for owner, (waiting, urgent) in sorted(row["owners"].items())
+            ]
             budgets.append(row)
     margin = {
         "ms": observer.margin_ms(),
@@ -721,6 +725,8 @@ def _limits(args: argparse.Namespace) -> int:
             line += f" ({row['waiting_urgent']} urgent)"
         if row["waiting"]:
             line += f", drains in ~{duration(row['drain_s'])}"
+        if any(o["owner"] for o in row["owners"]):  # strategies sharing the account
+            line += " [" + ", ".join(_owner_waiting(o) for o in row["owners"]) + "]"
         if row["counting_down"]:
             line += f"  counting down {row['counting_down']}"
         line += f"  paused {row['paused_ms']} ms  sent {row['sent']}"
@@ -736,8 +742,15 @@ def _limits(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _owner_waiting(row: dict[str, Any]) -> str:
+    text = f"{row['owner'] or '(no owner)'} {row['waiting']}"
+    return text + (f" ({row['urgent']} urgent)" if row["urgent"] else "")
+
+
 def _switch_line(switch: Any) -> str:
     scope = ",".join(switch.symbols) or "EVERY symbol of the account"
+    if switch.owner:
+        scope = f"owner={switch.owner}'s orders of " + (",".join(switch.symbols) or "every symbol")
     line = f"{switch.name}  {switch.state.value}  account={switch.account}  {scope}"
     line += f"  timeout {switch.timeout_s:g}s"
     if switch.left_ms is not None:

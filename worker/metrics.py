@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import redis
 import structlog
@@ -31,6 +31,8 @@ from worker.services import Services
 UNACKED_SCAN_LIMIT = 100_000  # reserved/countdown messages inspected per scrape, at most
 WORKER_STALE_S = 30.0  # a worker that has not said which queues it consumes for this long
 PREFIX = "cancel_worker"
+OWNER_SERIES = 20  # owners shown by name per line; the rest are summed as "other"
+NO_OWNER = "none"  # the label of jobs requested without an owner
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +79,11 @@ class FleetCollector(Collector):
         waiting = gauge("waiting", "Jobs in line for a turn of this budget")
         urgent = gauge("waiting_urgent", "Urgent jobs in line for a turn of this budget")
         drain = gauge("drain_seconds", "Until the last job now in line is expected to go")
+        by_owner = GaugeMetricFamily(
+            f"{PREFIX}_waiting_by_owner",
+            "Jobs in line per owner (a strategy sharing the account; only owners waiting)",
+            labels=[*labels, "owner"],
+        )
         sent = CounterMetricFamily(f"{PREFIX}_requests", "Requests sent", labels=labels)
         limited = CounterMetricFamily(
             f"{PREFIX}_rate_limited", "429 answers from the exchange", labels=labels
@@ -94,6 +101,8 @@ class FleetCollector(Collector):
                 waiting.add_metric(values, usage.waiting + usage.counting_down)
                 urgent.add_metric(values, usage.waiting_urgent)
                 drain.add_metric(values, usage.drain_s)
+                for owner, count in owner_series(usage.owners).items():
+                    by_owner.add_metric([*values, owner], count)
                 sent.add_metric(values, usage.sent)
                 limited.add_metric(values, usage.rate_limited)
         margin = GaugeMetricFamily(
@@ -101,7 +110,8 @@ class FleetCollector(Collector):
             "Added to every window so network delay never shows limit + 1 (learned)",
         )
         margin.add_metric([], observer.margin_ms() / 1000)
-        yield from (used, limit, ahead, paused, waiting, urgent, drain, sent, limited, margin)
+        yield from (used, limit, ahead, paused, waiting, urgent, drain, by_owner, sent, limited)
+        yield margin
 
     def _queues(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -191,3 +201,13 @@ class FleetCollector(Collector):
             [], [(str(bound), n) for bound, n in buckets] + [("+Inf", count)], total_s
         )
         yield histogram
+
+
+def owner_series(owners: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+    """Waiting jobs per owner label: the OWNER_SERIES busiest by name, the rest as "other",
+    so a desk with many strategies cannot blow up the number of series."""
+    ranked = sorted(owners.items(), key=lambda item: (-item[1][0], item[0]))
+    shown = {NO_OWNER: 0}  # always one series per line, so the metric is never absent
+    shown.update({owner or NO_OWNER: waiting for owner, (waiting, _) in ranked[:OWNER_SERIES]})
+    rest = sum(waiting for _, (waiting, _) in ranked[OWNER_SERIES:])
+    return {**shown, "other": rest} if rest else shown
