@@ -5,7 +5,7 @@ TEST_PROCESSES ?= 4
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint check run clean redis-server promtool
+.PHONY: install test lint check run clean redis-server promtool node-example
 
 # redis-server must be on PATH (the tests start their own; `run` starts one if needed).
 redis-server:
@@ -23,6 +23,19 @@ promtool:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "make: promtool is needed: sudo apt-get install prometheus" >&2; exit 1; fi; }
 
+# Node.js and the npm packages of examples/node (celery-node), which tests/test_examples.py
+# runs against real workers.
+node-example: examples/node/node_modules/.installed
+
+examples/node/node_modules/.installed: examples/node/package-lock.json
+	@command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "make: installing nodejs and npm (for the Node.js example)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
+	  else echo "make: npm is needed for the Node.js example: sudo apt-get install nodejs npm" >&2; exit 1; fi; }
+	cd examples/node && npm ci --silent --no-audit --no-fund
+	touch $@
+
 $(BIN)/cancel-worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -36,7 +49,7 @@ lint: install
 	$(BIN)/ruff format --check worker tests benchmarks
 	$(BIN)/mypy
 
-test: install lint redis-server promtool
+test: install lint redis-server promtool node-example
 	$(BIN)/pytest -n $(TEST_PROCESSES)
 
 run: install redis-server

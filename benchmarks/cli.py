@@ -26,6 +26,7 @@ from benchmarks import (
     failover,
     hotpath,
     mass_cancel,
+    owners,
     pipeline,
     report,
     scheduling,
@@ -63,6 +64,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "mass_cancel": Benchmark(mass_cancel, 720.0, 240.0),
     "deadman": Benchmark(deadman, 300.0, 90.0),
     "failover": Benchmark(failover, 600.0, 150.0),
+    "owners": Benchmark(owners, 300.0, 150.0),
 }
 REPORTS: report.Reports = {name: b.module.REPORT for name, b in BENCHMARKS.items()}
 TERM_GRACE_S = 40.0  # a benchmark told to stop gets this long to stop its own workers
