@@ -288,3 +288,80 @@ def test_bad_cancel_all_input_is_refused(redis_url: str, args: list[str], named:
     assert result.returncode == 2, result.stderr
     assert named in result.stderr and "nothing was enqueued" in result.stderr
     assert len(list(client.scan_iter(f"{Keys().namespace}:batch:*"))) == before
+
+
+# --- scoped to an owner (worker.scoped) ----------------------------------------------------
+
+
+def test_an_owners_cancel_all_reads_first_and_spares_the_others(
+    make_desk: Callable[..., Desk],
+) -> None:
+    """`cancel-all --owner A --symbol XRPUSDT --symbol LTCUSDT --wait`: one open-orders read
+    per symbol, one cancel-all of XRPUSDT (only A's there), A's LTCUSDT orders by DELETE (B's
+    are open there too); B's orders and A's ETHUSDT (not named) stay open; every order A's
+    batch cancelled ends with the exchange's state, and the summary counts all of them."""
+    desk = make_desk(cancel_rate="10/2s")
+    a_xrp, a_ltc = desk.place(3, symbol="XRPUSDT"), desk.place(2, symbol="LTCUSDT")
+    b_ltc, a_eth = desk.place(2, symbol="LTCUSDT"), desk.place(2, symbol="ETHUSDT")
+    assert (
+        cli("track", "strat-a", *a_xrp, *a_ltc, *a_eth, "--account", desk.account).returncode == 0
+    )
+    assert cli("track", "strat-b", *b_ltc, "--account", desk.account).returncode == 0
+    result = cli(
+        "cancel-all", "--account", desk.account, "--owner", "strat-a",
+        "--symbol", "XRPUSDT", "--symbol", "LTCUSDT", "--wait", "--timeout", "30", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    batch = get_batch(lines[0]["batch_id"])
+    assert batch is not None and batch.state is BatchState.DONE and batch.owner == "strat-a"
+    assert sorted(batch.orders_ids) == sorted(a_ltc) and batch.symbols == ["XRPUSDT", "LTCUSDT"]
+    child = get_batch(batch.batches[0])
+    assert len(batch.batches) == 1 and child is not None and child.symbol == "XRPUSDT"
+    assert sorted(child.orders_ids) == sorted(a_xrp) and child.parent == batch.batch_id
+    assert sum(lines[-1]["summary"].values()) == 5
+    assert_records_match_the_exchange(desk, a_xrp + a_ltc)
+    assert {desk.truth(i)["order"]["status"] for i in b_ltc + a_eth} == {"RAISED"}
+    assert len(desk.endpoint("open")["arrivals_ms"]) == 2
+    assert len(desk.endpoint("cancel_all")["arrivals_ms"]) == 1
+    assert len(desk.endpoint("cancel")["arrivals_ms"]) == 2
+
+
+def test_an_owner_with_nothing_open_ends_done_without_a_cancel(desk: Desk) -> None:
+    """A cancel-all scoped to an owner with no open order (others' are open) reads the open
+    orders once and ends DONE with no cancel-all and no DELETE."""
+    others = desk.place(3, symbol="BTCUSDT")
+    batch = request_cancel_all(account=desk.account, owner="strat-idle")
+    done = wait_for(lambda: (b := get_batch(batch.batch_id)) and b.is_final and b, 20, "DONE")
+    assert done.state is BatchState.DONE and done.orders_ids == [] and done.batches == []
+    assert len(desk.endpoint("open")["arrivals_ms"]) == 1
+    assert (
+        desk.endpoint("cancel_all")["arrivals_ms"] == desk.endpoint("cancel")["arrivals_ms"] == []
+    )
+    assert {desk.truth(i)["order"]["status"] for i in others} == {"RAISED"}
+
+
+def test_an_order_of_someone_else_that_a_cancel_all_took_is_named(desk: Desk) -> None:
+    """An order of B that the read did not see (created after it, as far as the list can
+    tell) but A's cancel-all of the symbol took is named in both batches' `foreign` and in a
+    `moved` event, and gets its record like any order the cancel-all moved."""
+    from worker.services import get_services
+
+    mine = desk.place(2, symbol="XRPUSDT")
+    later = int(time.time() * 1000) + 60_000  # outside the read's window: "placed after it"
+    theirs = desk.place(1, symbol="XRPUSDT", created_at=later)[0]
+    assert cli("track", "strat-a", *mine, "--account", desk.account).returncode == 0
+    assert cli("track", "strat-b", theirs, "--account", desk.account).returncode == 0
+    batch = request_cancel_all(account=desk.account, owner="strat-a", symbols=["XRPUSDT"])
+    done = wait_for(lambda: (b := get_batch(batch.batch_id)) and b.is_final and b, 20, "final")
+    named = [{"order_id": theirs, "owner": "strat-b"}]
+    assert done.state is BatchState.DONE and done.foreign == named
+    child = get_batch(done.batches[0])
+    assert child is not None and child.foreign == named
+    assert sorted(child.orders_ids) == sorted([*mine, theirs])
+    services = get_services()
+    events = services.redis.xrange(services.keys.events, "-", "+")
+    moved = [f for _, f in events if f.get("kind") == "moved" and f["order_id"] == theirs]
+    assert moved and moved[0]["owner"] == "strat-b" and moved[0]["by"] == "strat-a"
+    record = wait_for(lambda: (r := get_records([theirs])[0]) and r.is_final and r, 20, "final")
+    assert record.owner == "strat-b" and record.batch_id == child.batch_id

@@ -133,3 +133,13 @@ def test_the_cli_tracks_and_lists_an_owners_orders() -> None:
     assert {r["order_id"] for r in rows} == set(ids) and {r["state"] for r in rows} == {None}
     refused = cli("track", "strat-other", ids[0])
     assert refused.returncode == 2 and "'strat-cli'" in refused.stderr
+
+
+def test_tracking_nothing_is_refused_before_redis() -> None:
+    """An empty id list or a malformed owner is refused naming it, before any Redis call."""
+    from worker.owners import track_orders
+
+    with pytest.raises(InvalidRequest, match="order_ids"):
+        track_orders([], "strat-a")
+    with pytest.raises(InvalidRequest, match="owner 'Strat A'"):
+        track_orders(order_ids(1), "Strat A")

@@ -359,3 +359,17 @@ def test_waiting_is_counted_per_owner(redis_client: redis.Redis) -> None:
     scheduler.join("default", Bucket.CANCEL, ["n"])
     usage = Estimates(scheduler).usage("default", Bucket.CANCEL)
     assert usage.owners == {"strat-a": (6, 0), "strat-b": (1, 1), "": (1, 0)}
+
+
+def test_a_line_waiting_for_a_look_is_never_said_to_go_now(redis_client: redis.Redis) -> None:
+    """A line whose next look lies ahead (left by an earlier fleet) estimates its jobs at
+    that look, never ~0 s; a starting dispatcher's look_now brings the look back to now."""
+    scheduler = make(redis_client)
+    scheduler.join("default", Bucket.CANCEL, ["left"])
+    line = scheduler.line("default", Bucket.CANCEL)
+    (seconds, micros) = redis_client.time()
+    ahead_ms = seconds * 1000 + micros // 1000 + 40_000
+    redis_client.zadd(line.active, {line.args[0]: ahead_ms})
+    assert etas(scheduler, ["left"], absolute=True)[0] >= ahead_ms
+    scheduler.look_now()
+    assert etas(scheduler, ["left"])[0] <= 100

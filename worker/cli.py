@@ -383,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="show what the workers, Flower, metrics, the sandbox and Redis print here, "
         f"instead of in DATA_DIR/{stack.RUN_LOG}",
     )
+    run.add_argument(
+        "--drop-leftovers",
+        action="store_true",
+        help="start with empty lines: cancels and confirmations an earlier run left in Redis "
+        "end FAILED with error code `dropped` (start says how many wait otherwise; against a "
+        "new sandbox they could only end FAILED(order_not_found), after using its budgets)",
+    )
     run.set_defaults(func=_run)
 
     _add_deadman(commands)
@@ -585,7 +592,10 @@ def _cancel_all(args: argparse.Namespace) -> int:
         if current.state != state:
             state = current.state
             show_batch(current, args.json, sys.stdout)
-        records = get_records(current.orders_ids) if current.orders_ids else []
+        ids = [*current.orders_ids]  # an owner's: its DELETEs, then its cancel-alls' orders
+        for child in filter(None, map(get_batch, current.batches)):
+            ids += child.orders_ids
+        records = get_records(ids) if ids else []
         if current.is_final:
             progress.summary(records)
             failed = current.state is BatchState.FAILED or any(
@@ -896,6 +906,7 @@ def _run(args: argparse.Namespace) -> int:
         cancel_concurrency=args.cancel_concurrency,
         poll_concurrency=args.poll_concurrency,
         verbose=args.verbose,
+        drop_leftovers=args.drop_leftovers,
     )
     return stack.run_stack(options)
 

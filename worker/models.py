@@ -84,6 +84,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_MESSAGE = "invalid_message"
     EXCHANGE_UNAVAILABLE = "exchange_unavailable"
     INTERNAL = "internal"
+    DROPPED = "dropped"  # left by an earlier run, dropped at start (`run --drop-leftovers`)
 
 
 #: Cancel-response field names mapped to the names every other response uses

@@ -372,6 +372,7 @@ class RunOptions:
     cancel_concurrency: int = DEFAULT_CANCEL_CONCURRENCY
     poll_concurrency: int = DEFAULT_POLL_CONCURRENCY
     verbose: bool = False  # the children print on our terminal instead of into RUN_LOG
+    drop_leftovers: bool = False  # an earlier run's unfinished work ends FAILED(dropped)
 
 
 def open_run_log(data_dir: Path) -> tuple[Path, BinaryIO]:
@@ -424,6 +425,40 @@ def check_ports(ports: Mapping[str, tuple[int, str]]) -> None:
 def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
     """The environment for processes that never sign: no COINSWITCH_*_SECRET_KEY."""
     return {k: v for k, v in env.items() if not (k.startswith("COINSWITCH_") and "SECRET" in k)}
+
+
+def leftover_lines(env: Mapping[str, str], *, drop: bool, sandbox: bool) -> list[str]:
+    """The banner's word on work an earlier run left in this Redis (before workers start,
+    so none of it has moved yet): dropped with `drop`, else how much waits, and where."""
+    from worker import leftovers
+    from worker.services import Services
+    from worker.settings import Settings
+
+    services = Services(Settings.from_env(env))
+    try:
+        if drop:
+            orders, batches = leftovers.drop(services)
+            if not orders and not batches:
+                return []
+            return [
+                f"Leftovers   dropped {orders} order(s) and {batches} cancel-all(s) an earlier "
+                "run left: FAILED(dropped)"
+            ]
+        found = leftovers.find(services)
+    finally:
+        services.redis.close()
+    if not found:
+        return []
+    why = (
+        "against this NEW sandbox they can only end FAILED(order_not_found)"
+        if sandbox
+        else "they go on now"
+    )
+    return [
+        "Leftovers   an earlier run left work in this Redis:",
+        *(f"            {account.text()}" for account in found),
+        f"            {why}; `run --drop-leftovers` starts with empty lines instead",
+    ]
 
 
 def run_stack(options: RunOptions) -> int:
@@ -532,10 +567,12 @@ def run_stack(options: RunOptions) -> int:
                 '-d \'{"symbol":"DOGEUSDT","side":"BUY","order_type":"LIMIT",'
                 '"quantity":"1","price":"0.1"}\')',
                 "            The sandbox keeps its orders in memory: a cancel still pending when",
-                "            `run` stops ends FAILED(order_not_found) once a new sandbox starts.",
+                "            `run` stops can only end FAILED(order_not_found) against the next",
+                "            one (`run --drop-leftovers` ends such leftovers FAILED(dropped)).",
             ]
         else:
             lines.append(f"Exchange    {env.get('COINSWITCH_BASE_URL', 'https://coinswitch.co')}")
+        lines += leftover_lines(env, drop=options.drop_leftovers, sandbox=use_sandbox)
         workers_since_ms = time.time_ns() // 1_000_000
         for name, args in worker_commands(
             options.cancel_concurrency, options.poll_concurrency
