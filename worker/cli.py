@@ -642,13 +642,18 @@ def _owned(args: argparse.Namespace) -> int:
             else:
                 print(f"{item.order_id}  tracked to {args.owner}, no cancel requested")
             continue
-        waiting = where(estimates, record)
-        if args.json:
-            print(json.dumps({**record.public(), "waiting": waiting_json(waiting)}), flush=True)
-        else:
-            line = record_line(record)
-            print(line + ("  " + waiting_text(waiting) if waiting else ""), flush=True)
+        _show_record(record, estimates, args.json)
     return EXIT_OK
+
+
+def _show_record(record: Any, estimates: Estimates, as_json: bool) -> None:
+    """One record, with its place in line while it waits for a turn."""
+    waiting = where(estimates, record)
+    if as_json:
+        print(json.dumps({**record.public(), "waiting": waiting_json(waiting)}), flush=True)
+    else:
+        line = record_line(record)
+        print(line + ("  " + waiting_text(waiting) if waiting else ""), flush=True)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -684,14 +689,7 @@ def _status(args: argparse.Namespace) -> int:
             else:
                 print(f"{order_id}  no cancel requested (or its record expired)", flush=True)
             continue
-        waiting = where(estimates, record)
-        if args.json:
-            print(json.dumps({**record.public(), "waiting": waiting_json(waiting)}), flush=True)
-        else:
-            line = record_line(record)
-            if waiting is not None:
-                line += "  " + waiting_text(waiting)
-            print(line, flush=True)
+        _show_record(record, estimates, args.json)
     return code
 
 

@@ -134,15 +134,7 @@ class Publisher:
                 with producer.batch(max_size=PUBLISH_BATCH_COMMANDS):
                     for turn in turns:
                         before = len(recording.commands)
-                        name, args, kwargs, shown, task_id = task_of(turn)
-                        app.send_task(
-                            name,
-                            args,
-                            kwargs,
-                            task_id=task_id,
-                            kwargsrepr=repr(shown),
-                            producer=producer,
-                        )
+                        _send(app, turn, producer)
                         commands = tuple(
                             (str(cmd), *map(_text, cmd_args))
                             for cmd, cmd_args in recording.commands[before:]
@@ -167,15 +159,13 @@ class Publisher:
             producer.batch(max_size=PUBLISH_BATCH_COMMANDS),
         ):
             for turn in turns:
-                name, args, kwargs, shown, task_id = task_of(turn)
-                app.send_task(
-                    name,
-                    args,
-                    kwargs,
-                    task_id=task_id,
-                    kwargsrepr=repr(shown),
-                    producer=producer,
-                )
+                _send(app, turn, producer)
+
+
+def _send(app: Any, turn: Released, producer: Any) -> None:
+    """Send one turn's task through `producer` (its batch, or its recording)."""
+    name, args, kwargs, shown, task_id = task_of(turn)
+    app.send_task(name, args, kwargs, task_id=task_id, kwargsrepr=repr(shown), producer=producer)
 
 
 def _text(value: Any) -> str:
