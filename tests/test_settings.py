@@ -179,6 +179,22 @@ def test_accounts_with_their_own_budgets() -> None:
     assert alpha.api_key == "b1" * 32 and beta.secret_key == "c2" * 32
 
 
+def test_owner_shares_per_account_or_for_all() -> None:
+    """COINSWITCH_OWNER_SHARES weighs owners on every account; an account's own variable
+    replaces it there; no variable means equal shares."""
+    assert Settings.from_env(KEYS).account("alpha").shares == {}
+    settings = Settings.from_env(
+        {
+            **KEYS,
+            "COINSWITCH_OWNER_SHARES": "strat-a:3, strat-b:1",
+            "COINSWITCH_BETA_OWNER_SHARES": "strat-c:2",
+        }
+    )
+    assert settings.account("default").shares == {"strat-a": 3, "strat-b": 1}
+    assert settings.account("alpha").shares == {"strat-a": 3, "strat-b": 1}
+    assert settings.account("beta").shares == {"strat-c": 2}
+
+
 @pytest.mark.parametrize(
     ("changes", "variable"),
     [
@@ -189,6 +205,9 @@ def test_accounts_with_their_own_budgets() -> None:
         ({"COINSWITCH_ALPHA_API_KEY": "zz"}, "COINSWITCH_ALPHA_API_KEY"),
         ({"COINSWITCH_BETA_STATUS_RATE_LIMIT": "often"}, "COINSWITCH_BETA_STATUS_RATE_LIMIT"),
         ({"CANCEL_WORKER_RATE_MARGIN_MAX_MS": "10"}, "CANCEL_WORKER_RATE_MARGIN_MAX_MS"),
+        ({"COINSWITCH_OWNER_SHARES": "strat-a=3"}, "COINSWITCH_OWNER_SHARES"),
+        ({"COINSWITCH_ALPHA_OWNER_SHARES": "Strat:1"}, "COINSWITCH_ALPHA_OWNER_SHARES"),
+        ({"COINSWITCH_BETA_OWNER_SHARES": "strat-b:0"}, "COINSWITCH_BETA_OWNER_SHARES"),
     ],
 )
 def test_bad_account_variable_is_named(changes: dict[str, str], variable: str) -> None:
