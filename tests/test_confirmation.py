@@ -75,7 +75,9 @@ def test_a_second_pass_within_an_interval_sends_nothing_and_waits_out_the_rest(
     redis_url: str,
 ) -> None:
     """Two passes queued before either began: the second finds the first's claim, makes no
-    list request (its turn is not taken), and joins the line for when the interval ends."""
+    list request (its turn is not taken), and joins the line for when the interval ends:
+    2 s or more after the check, of the claim's 2.5 s. The 0.5 s is slack for a loaded 2-core
+    machine: between the claim and the check are a few Redis calls and no request."""
     env = {
         "COINSWITCH_API_KEY": API_KEY,
         "COINSWITCH_SECRET_KEY": SECRET_KEY,
@@ -104,7 +106,9 @@ def test_a_status_read_waits_behind_a_pass_only_while_the_lists_have_budget(
     """Orders awaiting confirmation are offered to a list pass, and their status reads wait
     behind it; but while the closed-orders budget is spent (the pass cannot come soon), each
     status read goes when due: waiting behind a pass that cannot run cost the 1,000-order
-    soak about 20 s."""
+    soak about 20 s. Each read is due 1 s after the call (+ 30 s behind the pass while the
+    lists have budget), within 0.5 s: await_many is one script call, so that is slack for a
+    loaded 2-core machine."""
     env = {
         "COINSWITCH_API_KEY": API_KEY,
         "COINSWITCH_SECRET_KEY": SECRET_KEY,

@@ -54,7 +54,9 @@ def test_a_beat_keeps_it_armed_and_a_late_one_hears_it_tripped(
     redis_url: str, request: pytest.FixtureRequest
 ) -> None:
     """A heartbeat pushes the deadline a timeout ahead; once it has passed, a beat does not
-    re-arm the switch and raises SwitchTripped."""
+    re-arm the switch and raises SwitchTripped. Of the 2 s, over 1.5 s are left when arming
+    returns and over 1.9 s just after a beat sent 1 s in: each is read one Redis round trip
+    after its write, so 0.5 s and 0.1 s are slack for a loaded 2-core machine."""
     name = unique(request, "sw")
     switch = arm_deadman(name, 2, [NOBODYS])
     assert switch.state is SwitchState.ARMED and switch.symbols == (NOBODYS,)
@@ -168,8 +170,10 @@ def guarded(own_workers: Callable[..., Any], request: pytest.FixtureRequest) -> 
 
 def test_a_beaten_switch_holds_and_a_silent_one_fires_on_time(guarded: Guarded) -> None:
     """Beaten every 0.75 s for 10 s, a 3 s switch on one symbol cancels nothing; when the
-    beats stop, its cancel-all reaches the exchange within timeout + 1 s of the last beat,
-    other symbols stay open, and each cancelled order ends with a final record."""
+    beats stop, its cancel-all reaches the exchange within timeout + 1 s (4 s) of the last
+    beat, other symbols stay open, and each cancelled order ends with a final record. The
+    watcher wakes at the deadline itself (p99 41 ms to the cancel-all, BENCHMARKS.md (8)), so
+    the 1 s is slack for a loaded 2-core machine."""
     mine = guarded.place(4, "BTCUSDT")
     others = guarded.place(3, "ETHUSDT")
     name = f"{guarded.account}-sw"
@@ -203,7 +207,9 @@ def test_a_beaten_switch_holds_and_a_silent_one_fires_on_time(guarded: Guarded) 
 
 def test_it_fires_with_a_worker_killed_and_no_beat_process(guarded: Guarded) -> None:
     """With one of two worker processes SIGKILLed before the deadline (and no beat anywhere),
-    the other still fires the switch on time."""
+    the other still fires the switch on time: its cancel-all arrives within timeout + 1 s
+    (4 s) of arming. Its watcher wakes at the deadline itself, so the 1 s is slack for a
+    loaded 2-core machine."""
     mine = guarded.place(3, "SOLUSDT")
     name = f"{guarded.account}-sw"
     arm_deadman(name, TIMEOUT_S, ["SOLUSDT"], account=guarded.account)
@@ -217,7 +223,9 @@ def test_it_fires_with_a_worker_killed_and_no_beat_process(guarded: Guarded) -> 
 
 def test_two_switches_fire_independently(guarded: Guarded) -> None:
     """Of two switches on two symbols, the one still beaten holds while the silent one
-    fires; disarming the first before its deadline means it never fires."""
+    fires; disarming the first before its deadline means it never fires. The silent one is
+    TRIPPED when the beats end, timeout + 1.5 s (4.5 s) after arming: claiming and tripping
+    it at its deadline are Redis calls alone, so 1.5 s is slack for a loaded 2-core machine."""
     btc, eth = guarded.place(2, "BTCUSDT"), guarded.place(2, "ETHUSDT")
     kept, silent = f"{guarded.account}-kept", f"{guarded.account}-silent"
     arm_deadman(kept, TIMEOUT_S, ["BTCUSDT"], account=guarded.account)
@@ -240,7 +248,9 @@ def test_an_owners_switch_cancels_its_orders_and_no_one_elses(guarded: Guarded) 
     A's switch (3 s) fires when its beat dies: the first cancel reaches the exchange within
     timeout + 1.5 s of the last beat; ETHUSDT (only A's) goes by one cancel-all and A's
     BTCUSDT orders by one DELETE each, urgent; every A order has a final record equal to the
-    exchange's truth within 15 s; no B order is touched; no 429."""
+    exchange's truth within 15 s; no B order is touched; no 429. The 0.5 s over a plain
+    switch's 1 s is the open-orders read before the first cancel; 12 DELETEs at 10/2s take
+    about one window, so 15 s is slack for a loaded 2-core machine."""
     a_btc, b_btc = guarded.place(12, "BTCUSDT"), guarded.place(8, "BTCUSDT")
     a_eth, b_sol = guarded.place(10, "ETHUSDT"), guarded.place(6, "SOLUSDT")
     track_orders(a_btc + a_eth, "strat-a", guarded.account)

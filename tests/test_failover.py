@@ -214,8 +214,10 @@ def test_a_turn_cut_off_by_the_loss_goes_on_once_the_new_primary_answers(
     ha: HA, exchange_of_its_own: SandboxHandle, own_workers: Callable[..., Any]
 ) -> None:
     """A DELETE answered after the primary died: its task waits for the new primary, frees
-    its lease and puts the order back in line, so the order is final seconds after the
-    promotion rather than once its lease (about 14 s here) and the sweeper let it go."""
+    its lease and puts the order back in line, so the order is final within 7 s of the kill
+    rather than once its lease (about 14 s here) and the sweeper let it go. The promotion (1 s
+    down-after, ~2.2 s in all) and a status read took ~3.2 s; the rest is slack for a loaded
+    2-core machine, though not for a failed election (retried after 2 x 3 s)."""
     sandbox = exchange_of_its_own
     start_fleet(own_workers, ha, sandbox)
     [order_id] = place_orders(sandbox.admin, 1)

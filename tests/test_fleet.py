@@ -54,7 +54,11 @@ def arrivals(exchange: SandboxHandle, endpoint: str, since_ms: int) -> list[int]
 
 def test_fleet_drains_backlog_exactly_and_fully(fleet: list[Any], exchange: SandboxHandle) -> None:
     """Three processes drain 60 cancels: no 429, no window over the limit, sends at ≥ 95 %
-    of the nominal rate, first come first served."""
+    of the nominal rate, first come first served.
+
+    The rate is (sends - 1) / (first to last arrival) against 5/s. The 50 ms margin floor
+    caps it at 2000 / 2050 ~ 0.976; 0.95 holds only while the learned margin stays under
+    105 ms, i.e. no DELETE spans over ~88 ms from its turn to its answer: thin slack."""
     order_ids = place_many(exchange, 60)
     before = exchange.admin.stats()["endpoints"]["cancel"]["rate_limited"]
     started_ms = int(time.time() * 1000)
@@ -89,7 +93,10 @@ def test_fleet_drains_backlog_exactly_and_fully(fleet: list[Any], exchange: Sand
 
 
 def test_killed_worker_loses_no_cancel(fleet: list[Any], exchange: SandboxHandle) -> None:
-    """SIGKILL a worker holding cancels: every order still ends final with one DELETE."""
+    """SIGKILL a worker holding cancels: every order still ends final with one DELETE, the
+    ones it held within the visibility timeout + 20 s (30 s) of the kill. They are back in
+    line ~15 s after it at the latest (their 14 s lease, or the sweeper's visibility + 5 s);
+    the rest is slack for a loaded 2-core machine."""
     order_ids = place_many(exchange, 40)
     request_cancels(order_ids)
     victim = f"fleet0@{os.uname().nodename}"

@@ -119,8 +119,11 @@ def assert_records_match_the_exchange(desk: Desk, order_ids: list[str]) -> None:
 
 def test_cancel_all_clears_a_hundred_orders_in_seconds(desk: Desk) -> None:
     """`cancel-all --wait` with 100 open orders on 5 symbols: one exchange call, each order
-    final and equal to the exchange's truth within 5 s, no 429, a summary by final state,
-    and orders that were already final are left alone."""
+    final and equal to the exchange's truth within 5 s of starting the CLI, no 429, a summary
+    by final state, and orders that were already final are left alone. The POST on a fresh
+    budget, the 300 ms confirm delay and one list pass of a few pages took 0.93 s without the
+    CLI (BENCHMARKS.md (7a)); the CLI's start-up and slack for a loaded 2-core machine get the
+    rest."""
     open_ids = [i for symbol in SYMBOLS for i in desk.place(20, symbol=symbol)]
     done_ids = desk.place(3, status="EXECUTED") + desk.place(2, status="CANCELLED")
     requested = time.time() * 1000
@@ -165,7 +168,9 @@ def test_per_order_cancels_are_confirmed_through_the_lists(
 ) -> None:
     """30 cancels with the DELETE limit raised out of the way: the closed-orders list
     confirms them all within 10 s of the request (20 status reads a minute would need 60 s
-    or more), with no 429."""
+    or more), with no 429. Passes go 3 s apart (one slot interval of 20/60s) and status reads
+    6 s behind, so the second pass (~3.3 s) or a read (~6.3 s) settles each order (3.69 s in
+    BENCHMARKS.md (7b)); the rest is slack for a loaded 2-core machine."""
     desk = make_desk(cancel_rate="100/2s")
     order_ids = desk.place(30)
     started = time.monotonic()

@@ -73,7 +73,9 @@ def test_the_first_status_read_goes_when_the_exchange_usually_confirms(
 ) -> None:
     """The fleet learns how long the exchange takes to confirm an accepted cancel (200 ms
     here, from the exchange's own timestamps) and sends an order's first status read then,
-    with headroom (~240 ms), not after a fixed delay: each order is final after one read."""
+    with headroom (~240 ms), not after a fixed delay: each order is final after one read,
+    within the learned delay + 1 s of the exchange raising its cancel. The read's hop (a
+    turn, a Celery task, one GET) needs little of that 1 s: slack for a loaded 2-core machine."""
     client = redis.Redis.from_url(SERVICE_ENV["REDIS_URL"], decode_responses=True)
     for _ in range(3):
         wait_final(request_cancel(place(exchange)).order_id)

@@ -70,7 +70,9 @@ def test_free_slots_keep_every_window_at_the_limit(redis_client: redis.Redis) ->
 
 
 def test_slots_respect_a_pause(redis_client: redis.Redis) -> None:
-    """Nothing is expected before a 429 pause ends."""
+    """Nothing is expected before a 429 pause ends. The first job's estimate is the pause's
+    length less at most 50 ms, for the join's and the estimate's round trips since it began:
+    slack for two loopback calls, though thin on a loaded 2-core machine."""
     scheduler = make(redis_client, rates={b: Rate(2, 60.0) for b in Bucket})
     paused_ms = scheduler.pause("default", Bucket.CANCEL)
     scheduler.join("default", Bucket.CANCEL, jobs(3), priority=Priority.URGENT)
@@ -138,7 +140,9 @@ def test_normal_jobs_leave_the_last_slot_for_urgent_work(redis_client: redis.Red
 
 
 def test_a_line_is_served_only_when_its_window_frees(redis_client: redis.Redis) -> None:
-    """After `limit` turns, the next comes one window (period + margin) after the first."""
+    """After `limit` turns, the next comes one window (period + margin) after the first.
+    The empty release must come within that 320 ms window of the first, after three takes:
+    a few loopback calls, so the rest is slack for a loaded 2-core machine."""
     scheduler = make(redis_client)
     scheduler.join("default", Bucket.CANCEL, jobs(4), priority=Priority.URGENT)
     first, _ = scheduler.release()
@@ -152,7 +156,9 @@ def test_a_line_is_served_only_when_its_window_frees(redis_client: redis.Redis) 
 
 def test_commit_refuses_a_send_over_the_limit(redis_client: redis.Redis) -> None:
     """Whatever turns were handed out, no window ever holds more than `limit` sends: a
-    surplus commit is told how long to wait."""
+    surplus commit is told how long to wait. That wait, the 320 ms window less the time since
+    the first commit, must be >= 300 ms: the four commits get 20 ms, thin slack for a loaded
+    2-core machine."""
     scheduler = make(redis_client)
     members = [f"m{i}" for i in range(4)]
     results = [scheduler.commit("default", Bucket.CANCEL, m) for m in members]
@@ -162,7 +168,9 @@ def test_commit_refuses_a_send_over_the_limit(redis_client: redis.Redis) -> None
 
 
 def test_concurrent_commits_never_exceed_the_limit(redis_client: redis.Redis) -> None:
-    """Eight threads committing as fast as they can keep every window at the limit."""
+    """Eight threads committing as fast as they can keep every window at the limit, and
+    commit at least 9 times (3 windows of 320 ms, ~0.64 s) in their 1.2 s: the other ~0.5 s
+    is slack for a loaded 2-core machine."""
     params = redis_client.connection_pool.connection_kwargs
     stop = time.monotonic() + 1.2
     sent: list[int] = []
@@ -192,7 +200,9 @@ def test_concurrent_commits_never_exceed_the_limit(redis_client: redis.Redis) ->
 
 
 def test_a_pause_holds_every_turn(redis_client: redis.Redis) -> None:
-    """After a 429, no turn is handed out and no commit passes until the pause ends."""
+    """After a 429, no turn is handed out and no commit passes until the pause ends. Both are
+    told to wait over 250 ms of the 320 ms pause, leaving 70 ms for the join, release and
+    commit round trips: slack for a loaded 2-core machine, if not much."""
     scheduler = make(redis_client)
     paused_ms = scheduler.pause("default", Bucket.CANCEL)
     assert paused_ms == 300 + 20

@@ -48,7 +48,8 @@ def test_a_lost_turn_goes_back_in_line(services: Services) -> None:
 def test_an_order_a_task_holds_is_looked_at_when_its_lease_ends(services: Services) -> None:
     """A lease (a task mid-turn, or one that lost Redis and could not release it) keeps the
     order out of line until the lease ends, and the sweeper looks again just then, not a
-    minute later."""
+    minute later: 3.5 s after the lease was taken (3 s + LEASE_SLACK_MS), checked as over 2 s
+    after the sweep began, which leaves 1.5 s of slack for a loaded 2-core machine."""
     lost(services, "o2")
     services.leases.acquire(services.keys.cancel_lease("o2"), "a-task", 3000)
     before = now_ms()

@@ -309,7 +309,8 @@ def test_list_validation_is_422(client: CoinSwitchClient, body: dict[str, Any], 
 
 
 def test_server_time_needs_no_auth(sandbox: SandboxHandle) -> None:
-    """GET /trade/api/v2/time answers {"serverTime": ms} without signing."""
+    """GET /trade/api/v2/time answers {"serverTime": ms} without signing, within 5 s of the
+    test's clock: the sandbox shares it, so 5 s is slack for one loopback request."""
     response = requests.get(f"{sandbox.url}/trade/api/v2/time", timeout=5)
     assert response.status_code == 200
     assert abs(response.json()["serverTime"] - time.time_ns() // 1_000_000) < 5000

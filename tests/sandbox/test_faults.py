@@ -41,7 +41,8 @@ def cancel_outcome(handle: SandboxHandle, client: CoinSwitchClient) -> tuple[Any
 def test_injected_fault_on_cancel(
     make_sandbox: MakeSandbox, kind: str, expected: tuple[Any, str]
 ) -> None:
-    """Each one-shot fault kind answers as named; "applied" ones changed the order anyway."""
+    """Each one-shot fault kind answers as named; "applied" ones changed the order anyway.
+    A timeout takes >= 200 ms and latency >= 150 ms: lower bounds, which load cannot break."""
     handle = make_sandbox(timeout_ms=TIMEOUT_MS)
     client = client_for(handle)
     handle.admin.inject("cancel", kind, latency_ms=150)
@@ -169,7 +170,9 @@ def test_reset_replays_the_seeded_sequence(sandbox: SandboxHandle) -> None:
 
 
 def test_latency_knob_delays_every_response(make_sandbox: MakeSandbox) -> None:
-    """latency_ms is added to every exchange response, but not to admin calls."""
+    """latency_ms is added to every exchange response, but not to admin calls: an exchange
+    call takes >= 150 ms (a lower bound, which load cannot break) and an admin call < 150 ms,
+    slack for one loopback request on a loaded 2-core machine."""
     handle = make_sandbox(latency_ms=150)
     client = client_for(handle)
     started = time.monotonic()
@@ -182,7 +185,9 @@ def test_latency_knob_delays_every_response(make_sandbox: MakeSandbox) -> None:
 
 def test_latency_jitter_delays_arrivals_by_a_seeded_0_to_j(make_sandbox: MakeSandbox) -> None:
     """latency_jitter_ms delays each request 0..J ms before the rate limiter stamps it,
-    varying from request to request; the same seed draws the same delays."""
+    varying from request to request; the same seed draws the same delays. Each is stamped
+    -2 to 120 + 15 ms after its send: 15 ms for signing and one loopback hop, thin slack on
+    a loaded 2-core machine."""
     handle = make_sandbox(latency_jitter_ms=120, seed=5)
     client = client_for(handle)
     lateness = []

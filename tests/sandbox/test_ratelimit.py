@@ -10,7 +10,9 @@ from worker.sandbox import generate_keypair
 
 
 def test_eleventh_delete_in_window_is_429(make_sandbox: MakeSandbox) -> None:
-    """Of 11 DELETEs inside a 10/2s window exactly one (the last) is 429, with a message."""
+    """Of 11 DELETEs inside a 10/2s window exactly one (the last) is 429, with a message.
+    They must go within 2 s: 11 loopback requests need a small part of it, the rest is slack
+    for a loaded 2-core machine."""
     handle = make_sandbox(cancel_limit="10/2s")
     client = client_for(handle)
     ids = [handle.admin.create_order()["order_id"] for _ in range(11)]
@@ -29,7 +31,9 @@ def test_eleventh_delete_in_window_is_429(make_sandbox: MakeSandbox) -> None:
 
 
 def test_window_slides(make_sandbox: MakeSandbox) -> None:
-    """After the oldest admitted request leaves the window, one more is admitted."""
+    """After the oldest admitted request leaves the window, one more is admitted. The first
+    three must go within the 300 ms window: three loopback requests need a small part of it,
+    the rest is slack for a loaded 2-core machine (the sleep only has to outlast it)."""
     handle = make_sandbox(status_limit="2/300ms")
     client = client_for(handle)
     codes = [client.status("x").status_code for _ in range(3)]
